@@ -1,0 +1,1 @@
+"""Utilities shared by scripts, tests and the demo."""
