@@ -1,0 +1,125 @@
+"""The masked-diffusion training objective as small pure functions (MDLM, arXiv 2406.07524).
+
+``compute_loss`` in :class:`~dllm.core.trainers.mdlm_trainer.MDLMTrainer` is these three steps:
+
+1. :func:`sample_t` draws one diffusion time per sequence, ``t in [eps, 1]``.
+2. :func:`mask_tokens` replaces each maskable token (label != -100) by the mask token with probability
+   ``1 - alpha(t)``.
+3. :func:`masked_diffusion_loss` takes the cross-entropy on masked positions only, times the ELBO weight
+   ``-alpha'(t) / (1 - alpha(t))``, normalised per token or per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+Normalization = Literal["token", "sequence"]
+
+
+def sample_t(
+    batch_size: int,
+    *,
+    eps: float = 1e-3,
+    antithetic: bool = True,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sample one diffusion time per sequence in ``[eps, 1]``, shape ``[B]``.
+
+    With ``antithetic`` (MDLM's low-discrepancy sampler, Sec. 3.5 / Kingma et al. 2021) a single uniform
+    offset ``u`` is shared and ``t_i = (u + i / B) mod 1``: the batch covers ``[0, 1)`` evenly, which lowers
+    the variance of the ELBO estimate without biasing it (each ``t_i`` is still marginally uniform).
+    ``eps`` keeps ``t`` away from 0, where the ``1/t`` weight diverges.
+    """
+    if antithetic:
+        u = torch.rand(1, device=device, generator=generator)
+        offsets = torch.arange(batch_size, device=device, dtype=u.dtype) / batch_size
+        u = (u + offsets) % 1.0  # [B]
+    else:
+        u = torch.rand(batch_size, device=device, generator=generator)  # [B]
+    return eps + (1.0 - eps) * u
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    mask_prob: torch.Tensor,
+    mask_token_id: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward process ``q(x_t | x_0)``: mask each maskable token with probability ``1 - alpha(t)``.
+
+    Args:
+        input_ids: clean tokens ``x_0``, ``[B, L]``.
+        labels: ``[B, L]``; positions with ``-100`` (prompt, padding, image tokens) are never masked.
+        mask_prob: ``1 - alpha(t)`` per sequence, ``[B]``.
+        mask_token_id: id written at masked positions.
+
+    Returns:
+        ``(noisy_ids, masked)``: ``x_t`` ``[B, L]`` and the boolean mask of replaced positions ``[B, L]``.
+    """
+    draws = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)  # [B, L]
+    masked = (draws < mask_prob[:, None]) & (labels != IGNORE_INDEX)  # [B, L]
+    noisy_ids = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
+    return noisy_ids, masked
+
+
+def masked_diffusion_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    masked: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    normalization: Normalization = "token",
+    num_items: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """Weighted cross-entropy on masked positions: the MDLM negative ELBO estimate (MDLM Eq. 10).
+
+    ``loss = sum_b w(t_b) * sum_{l masked} CE(logits[b, l], labels[b, l]) / Z`` where
+
+    - ``normalization="token"`` (default): ``Z`` = number of maskable tokens (labels != -100). This is an
+      unbiased estimate of the per-token negative ELBO, and matches trl/HF token averaging.
+    - ``normalization="sequence"`` (LLaDA SFT): each sequence's sum is divided by its own answer length, then
+      averaged over sequences (``Z`` = number of sequences with at least one maskable token).
+
+    ``num_items`` overrides ``Z`` with a count taken over the whole gradient-accumulation window (and devices),
+    which makes ``k`` micro-batches of size ``B`` give the same gradient as one batch of size ``k B``.
+
+    Args:
+        logits: ``[B, L, V]`` model outputs on ``x_t`` (no shift: position ``l`` predicts token ``l``).
+        labels: ``[B, L]`` clean targets, ``-100`` where no loss is taken.
+        masked: ``[B, L]`` bool, positions that were masked in ``x_t`` (a subset of labels != -100).
+        weight: ``[B]`` ELBO weight ``-alpha'(t) / (1 - alpha(t))`` per sequence.
+    """
+    # Cross-entropy only where it counts: gathering first keeps the float32 copy small ([N, V], not [B, L, V]).
+    ce = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)  # [B, L]
+    ce[masked] = F.cross_entropy(logits[masked].float(), labels[masked], reduction="none")  # [N]
+    per_token = ce * weight.float()[:, None]  # [B, L]
+
+    maskable = labels != IGNORE_INDEX  # [B, L]
+    if normalization == "token":
+        total = per_token.sum()
+        denom = maskable.sum() if num_items is None else num_items
+    elif normalization == "sequence":
+        lengths = maskable.sum(dim=1)  # [B]
+        has_answer = lengths > 0
+        total = (per_token.sum(dim=1)[has_answer] / lengths[has_answer]).sum()
+        denom = has_answer.sum() if num_items is None else num_items
+    else:
+        raise ValueError(f"unknown loss normalization {normalization!r}; choose 'token' or 'sequence'")
+    # A batch with nothing to predict contributes zero loss (and zero gradient), never NaN.
+    denom = torch.as_tensor(denom, device=total.device, dtype=total.dtype).clamp_min(1.0)
+    return total / denom
+
+
+def count_loss_items(labels: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """The normaliser ``Z`` of :func:`masked_diffusion_loss` for one batch (summed over a window by the trainer)."""
+    maskable = labels != IGNORE_INDEX  # [B, L]
+    if normalization == "token":
+        return maskable.sum()
+    return (maskable.sum(dim=1) > 0).sum()

@@ -1,0 +1,146 @@
+"""Load any Hugging Face decoder as a bidirectional masked-diffusion LM that returns ``MaskedLMOutput``.
+
+MDLM's denoiser sees the whole noisy sequence, so the decoder must attend in both directions. Since
+transformers 5.2 a decoder's mask builder honours ``config.is_causal = False`` (on the *text* config for
+multimodal models such as Qwen3-VL) and it survives ``save_pretrained``/``from_pretrained``. Attention modules
+also carry an ``is_causal`` attribute that some kernels read directly (flash-attention, SDPA without a mask),
+so we clear it as well. No modeling file is copied: weights, kernels and PEFT support stay upstream's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.modeling_outputs import MaskedLMOutput
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+from dllm.core.diffusion import IGNORE_INDEX
+
+DEFAULT_MASK_TOKEN = "<|mdm_mask|>"
+
+
+def text_config(config: PretrainedConfig) -> PretrainedConfig:
+    """The config that describes the language model (itself for text models, ``text_config`` for VLMs)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def set_bidirectional(config: PretrainedConfig) -> PretrainedConfig:
+    """Mark the language model's config non-causal; saved with the checkpoint in ``config.json``."""
+    text_config(config).is_causal = False
+    return config
+
+
+def disable_causal_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Clear the ``is_causal`` flag of every attention module (read by flash-attention and maskless SDPA)."""
+    for module in model.modules():
+        if isinstance(getattr(module, "is_causal", None), bool):
+            module.is_causal = False
+    return model
+
+
+def is_bidirectional(model: PreTrainedModel) -> bool:
+    """True when both the config and every attention module are non-causal."""
+    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
+    return getattr(text_config(model.config), "is_causal", True) is False and not any(flags)
+
+
+class BidirectionalMaskedLMMixin:
+    """Turns a ``*ForCausalLM`` class into a bidirectional masked LM (put it first in the bases).
+
+    The state-dict layout is the causal class's, so ``from_pretrained`` loads an ordinary causal checkpoint
+    and ``save_pretrained`` writes one that both this class and ``AutoModelForCausalLM`` can read. ``forward``
+    returns :class:`~transformers.modeling_outputs.MaskedLMOutput`; with ``labels`` its loss is the plain
+    (unshifted) cross-entropy over positions whose label is not -100.
+    """
+
+    def __init__(self, config: PretrainedConfig, *args, **kwargs):
+        set_bidirectional(config)
+        super().__init__(config, *args, **kwargs)
+        disable_causal_attention(self)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> MaskedLMOutput:
+        kwargs.setdefault("use_cache", False)  # a denoiser re-reads the whole sequence every step
+        kwargs.pop("num_items_in_batch", None)
+        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        loss = None
+        if labels is not None:
+            logits = outputs.logits  # [B, L, V]
+            loss = F.cross_entropy(
+                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX
+            )
+        return MaskedLMOutput(
+            loss=loss, logits=outputs.logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+
+
+_MASKED_LM_CLASSES: dict[type, type] = {}
+
+
+def masked_lm_class(causal_cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
+    """The bidirectional masked-LM subclass of a ``*ForCausalLM`` class (created once, then cached)."""
+    if causal_cls not in _MASKED_LM_CLASSES:
+        name = causal_cls.__name__.replace("ForCausalLM", "") + "ForMaskedDiffusionLM"
+        _MASKED_LM_CLASSES[causal_cls] = type(name, (BidirectionalMaskedLMMixin, causal_cls), {})
+    return _MASKED_LM_CLASSES[causal_cls]
+
+
+_FAMILY_CLASSES: dict[str, type[PreTrainedModel]] = {}
+
+
+def register_masked_lm(model_type: str, cls: type[PreTrainedModel]) -> None:
+    """Let :func:`load_masked_lm` use a family's own class (e.g. Gemma 2's eager-attention default)."""
+    _FAMILY_CLASSES[model_type] = cls
+
+
+def load_masked_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
+    """Load any decoder checkpoint (hub id or local path) as a bidirectional masked LM.
+
+    Families with their own class (LLaMA 3, Gemma 2) use it; any other causal LM known to transformers gets a
+    generated subclass. ``kwargs`` go to ``from_pretrained`` (``torch_dtype``, ``attn_implementation``, ...).
+    """
+    # Importing the pipelines registers their classes; core only reads the registry (no import cycle).
+    import dllm.pipelines  # noqa: F401
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
+    cls = _FAMILY_CLASSES.get(config.model_type)
+    if cls is None:
+        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+            raise ValueError(
+                f"{name_or_path}: model_type {config.model_type!r} has no causal-LM class in transformers, "
+                "so it cannot be loaded as a masked diffusion LM"
+            )
+        cls = masked_lm_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
+    return cls.from_pretrained(name_or_path, **kwargs)
+
+
+def add_mask_token(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, mask_token: str = DEFAULT_MASK_TOKEN
+) -> int:
+    """Give the tokenizer a mask token and make sure the model can embed it; returns its id.
+
+    The tokenizer's own mask token is reused when it has one; otherwise ``mask_token`` is added as a special
+    token and the embeddings are resized (new rows start at the mean embedding). The id is stored as
+    ``config.mask_token_id`` so a saved checkpoint and tokenizer reload with the same mask id.
+    """
+    if tokenizer.mask_token_id is None:
+        tokenizer.add_special_tokens({"mask_token": mask_token})
+    mask_id = tokenizer.mask_token_id
+    num_rows = model.get_input_embeddings().weight.shape[0]
+    if mask_id >= num_rows:
+        model.resize_token_embeddings(len(tokenizer))
+    for config in {id(model.config): model.config, id(text_config(model.config)): text_config(model.config)}.values():
+        config.mask_token_id = mask_id
+    check_mask_token_id(model, mask_id)
+    return mask_id
+
+
+def check_mask_token_id(model: PreTrainedModel, mask_token_id: int | None) -> int:
+    """Raise a clear error unless ``mask_token_id`` indexes a row of the model's input embeddings."""
+    num_rows = model.get_input_embeddings().weight.shape[0]
+    if mask_token_id is None or not 0 <= mask_token_id < num_rows:
+        raise ValueError(
+            f"mask token id {mask_token_id} is not a row of the embedding matrix ({num_rows} rows); "
+            "call dllm.core.models.add_mask_token(model, tokenizer) before training"
+        )
+    return mask_token_id

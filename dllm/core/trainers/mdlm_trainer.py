@@ -1,0 +1,190 @@
+"""``MDLMTrainer``: ``transformers.Trainer`` with the masked-diffusion objective (MDLM, arXiv 2406.07524).
+
+The trainer is a config (:class:`MDLMConfig`), a loss (:meth:`MDLMTrainer.compute_loss`, numbered steps over the
+pure functions of :mod:`dllm.core.diffusion`) and one hook for model families
+(:meth:`MDLMTrainer._preprocess_inputs`). Everything else — optimisers, schedulers, DDP/FSDP/DeepSpeed,
+checkpointing, logging — is ``transformers.Trainer``'s.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from dllm.core.diffusion import count_loss_items, mask_tokens, masked_diffusion_loss, sample_t
+from dllm.core.models.masked_lm import check_mask_token_id, text_config
+from dllm.core.schedules import make_schedule
+
+
+@dataclass
+class MDLMConfig(TrainingArguments):
+    """``TrainingArguments`` plus the diffusion options; every ``TrainingArguments`` flag keeps its name."""
+
+    schedule: Literal["linear", "cosine", "polynomial", "sqrt"] = field(
+        default="linear",
+        metadata={"help": "Masking schedule alpha(t): linear 1-t (MDLM/LLaDA), cosine cos(pi t/2), "
+                  "polynomial 1-t^power, sqrt 1-t^0.5."},
+    )
+    schedule_power: float = field(
+        default=1.0, metadata={"help": "Exponent of the polynomial schedule alpha(t) = 1 - t^power."}
+    )
+    time_sampler: Literal["antithetic", "uniform"] = field(
+        default="antithetic",
+        metadata={"help": "How t is drawn per sequence: 'antithetic' is MDLM's low-discrepancy sampler "
+                  "(t_i = (u + i/B) mod 1, lower variance), 'uniform' i.i.d. U(0, 1)."},
+    )
+    time_eps: float = field(
+        default=1e-3, metadata={"help": "Smallest diffusion time: t is drawn in [time_eps, 1]."}
+    )
+    loss_normalization: Literal["token", "sequence"] = field(
+        default="token",
+        metadata={"help": "'token': divide the weighted masked cross-entropy by the number of answer tokens "
+                  "(unbiased per-token ELBO); 'sequence': by each example's answer length, then average "
+                  "over examples (LLaDA SFT). Both are exact under gradient accumulation."},
+    )
+    # Rows reach the collator untouched (messages, images); the collator tokenises them.
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep dataset columns for the collator (dllm collators need them)."}
+    )
+    # Evaluation reports the ELBO, not logits: gathering [B, L, V] logits would only cost memory.
+    prediction_loss_only: bool = field(
+        default=True, metadata={"help": "Evaluate the loss (ELBO NLL per token) only."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.time_eps <= 1.0:
+            raise ValueError(f"time_eps must be in [0, 1], got {self.time_eps}")
+
+
+def as_mdlm_config(args: TrainingArguments | None) -> MDLMConfig:
+    """Accept plain ``TrainingArguments`` (diffusion options at their defaults) as well as ``MDLMConfig``."""
+    if args is None:
+        return MDLMConfig(output_dir="outputs/mdlm")
+    if isinstance(args, MDLMConfig):
+        return args
+    values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
+    # TrainingArguments' default (True) would drop the raw columns the dllm collators read.
+    values["remove_unused_columns"] = False
+    return MDLMConfig(**values)
+
+
+class MDLMTrainer(Trainer):
+    """Supervised fine-tuning with the masked-diffusion ELBO.
+
+    Batches carry ``input_ids``, ``labels`` (-100 where no loss is taken: prompt, padding, image tokens) and
+    any model inputs (``attention_mask``, ``pixel_values``, ...). Only positions with a label are ever masked.
+
+    Args:
+        mask_token_id: id written at masked positions. Defaults to the processing class's mask token, then to
+            ``model.config.mask_token_id`` (set by :func:`dllm.core.models.add_mask_token`).
+        Everything else is ``transformers.Trainer``'s.
+
+    Logged: ``loss`` (the weighted objective), ``masked_fraction`` (masked / maskable tokens). Evaluation
+    reports ``eval_loss`` = the ELBO negative log-likelihood per answer token in nats (an upper bound), always
+    token-normalised whatever ``loss_normalization`` is.
+    """
+
+    # compute_loss normalises by the count over the whole accumulation window: Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model=None, args: TrainingArguments | None = None, *, mask_token_id: int | None = None,
+                 **kwargs):
+        args = as_mdlm_config(args)
+        super().__init__(model=model, args=args, **kwargs)
+        self.schedule = make_schedule(args.schedule, args.schedule_power)
+        self.mask_token_id = self._resolve_mask_token_id(mask_token_id)
+        # Make Trainer count label items per accumulation window and pass them to compute_loss ...
+        self.model_accepts_loss_kwargs = True
+        # ... over every label: the diffusion loss does not shift labels like a causal LM does.
+        self._loss_shifts_labels = False
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    # ---- the family hook -------------------------------------------------------------------------
+    def _preprocess_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Model-family hook, called first in :meth:`compute_loss`: move or derive extra model inputs.
+
+        The default returns ``inputs`` unchanged (Trainer already placed tensors on the device). Multimodal
+        families override it (e.g. to place ``pixel_values`` / ``image_grid_thw``).
+        """
+        return inputs
+
+    # ---- the loss --------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """MDLM negative ELBO of one micro-batch (see :mod:`dllm.core.diffusion`)."""
+        args: MDLMConfig = self.args
+        training = model.training
+        # 0. Family-specific preparation.
+        inputs = self._preprocess_inputs(dict(inputs))
+        input_ids, labels = inputs.pop("input_ids"), inputs.pop("labels")  # [B, L], [B, L]
+
+        # 1. One diffusion time per sequence, t in [eps, 1].
+        t = sample_t(input_ids.shape[0], eps=args.time_eps, antithetic=args.time_sampler == "antithetic",
+                     device=input_ids.device)  # [B]
+
+        # 2. Forward process: mask answer tokens with probability 1 - alpha(t).
+        noisy_ids, masked = mask_tokens(input_ids, labels, self.schedule.mask_probability(t),
+                                        self.mask_token_id)  # [B, L], [B, L]
+
+        # 3. Denoise x_t in one bidirectional pass.
+        outputs = model(input_ids=noisy_ids, **inputs)
+
+        # 4. ELBO-weighted cross-entropy on masked positions. Training normalises over the accumulation
+        #    window (num_items_in_batch); evaluation always reports the per-token ELBO of its own batch.
+        normalization = args.loss_normalization if training else "token"
+        num_items = num_items_in_batch if training else None
+        loss = masked_diffusion_loss(outputs.logits, labels, masked, self.schedule.weight(t),
+                                     normalization=normalization, num_items=num_items)
+        if num_items is not None and args.average_tokens_across_devices and args.world_size > 1:
+            # num_items counts every process's tokens; DDP averages gradients over processes, so undo it.
+            loss = loss * self.accelerator.num_processes
+
+        self._record_metrics(training, masked, labels)
+        return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
+        """Normaliser of the loss over a gradient-accumulation window (and all processes).
+
+        Tokens with a label for ``loss_normalization="token"``, sequences with at least one for ``"sequence"``.
+        """
+        counts = [count_loss_items(batch["labels"], self.args.loss_normalization)
+                  for batch in batch_samples if "labels" in batch]
+        if not counts:
+            return None
+        total = torch.stack(counts).sum().to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _resolve_mask_token_id(self, explicit: int | None) -> int:
+        candidates = [explicit]
+        processing = self.processing_class
+        tokenizer = getattr(processing, "tokenizer", processing)  # a multimodal processor wraps a tokenizer
+        candidates.append(getattr(tokenizer, "mask_token_id", None))
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        candidates.append(getattr(text_config(base.config), "mask_token_id", None))
+        candidates.append(getattr(base.config, "mask_token_id", None))
+        mask_token_id = next((c for c in candidates if c is not None), None)
+        return check_mask_token_id(base, mask_token_id)
+
+    def _record_metrics(self, training: bool, masked: torch.Tensor, labels: torch.Tensor) -> None:
+        maskable = (labels != -100).sum().clamp_min(1)
+        self._metrics["train" if training else "eval"]["masked_fraction"].append(
+            (masked.sum() / maskable).item()
+        )
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged diffusion metrics recorded since the last log to Trainer's logs."""
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        prefix = "eval_" if mode == "eval" else ""
+        for key, values in self._metrics[mode].items():
+            if values:
+                logs[prefix + key] = sum(values) / len(values)
+        self._metrics[mode].clear()
+        super().log(logs, start_time)

@@ -1,0 +1,20 @@
+"""Gemma 2 as a bidirectional masked diffusion LM."""
+
+from transformers import Gemma2ForCausalLM
+
+from dllm.core.models import BidirectionalMaskedLMMixin
+
+
+class Gemma2ForMaskedLM(BidirectionalMaskedLMMixin, Gemma2ForCausalLM):
+    """``Gemma2ForCausalLM`` with bidirectional attention, returning ``MaskedLMOutput``.
+
+    - Sliding-window layers become a symmetric window: with ``is_causal=False`` transformers builds the
+      bidirectional sliding mask ``|q - k| <= sliding_window`` instead of the causal one.
+    - Attention-logit and final-logit softcapping are kept (they are part of the pretrained function).
+    - Attention defaults to ``eager``: PyTorch SDPA cannot apply softcapping, and transformers refuses it.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        kwargs.setdefault("attn_implementation", "eager")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
