@@ -1,0 +1,97 @@
+"""Typed options of the SFT scripts, parsed by ``transformers.HfArgumentParser``.
+
+Per-family defaults come from subclassing (``Llama3ModelArguments`` sets the model id), never from string
+mini-languages. Training flags are :class:`~dllm.core.trainers.mdlm_trainer.MDLMConfig`'s, i.e. every
+``TrainingArguments`` flag under its usual name plus the diffusion options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN
+from dllm.core.trainers.mdlm_trainer import MDLMConfig
+
+
+@dataclass
+class ModelArguments:
+    """Which checkpoint to start from, and how to adapt it."""
+
+    model_name_or_path: str = field(
+        default="meta-llama/Meta-Llama-3-8B-Instruct",
+        metadata={"help": "Hub id or local path of the causal checkpoint to turn into a masked diffusion LM."},
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."}
+    )
+    attn_implementation: str | None = field(
+        default=None, metadata={"help": "eager, sdpa or flash_attention_2 (None: the family's default)."}
+    )
+    mask_token: str = field(
+        default=DEFAULT_MASK_TOKEN,
+        metadata={"help": "Mask token added when the tokenizer has none (the embeddings are resized)."},
+    )
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Module names that receive LoRA adapters."},
+    )
+
+
+@dataclass
+class Llama3ModelArguments(ModelArguments):
+    model_name_or_path: str = field(
+        default="meta-llama/Meta-Llama-3-8B-Instruct", metadata={"help": "LLaMA 3 hub id or local path."}
+    )
+
+
+@dataclass
+class Gemma2ModelArguments(ModelArguments):
+    model_name_or_path: str = field(default="google/gemma-2-2b-it", metadata={"help": "Gemma 2 hub id or local path."})
+    attn_implementation: str | None = field(
+        default="eager", metadata={"help": "Gemma 2 needs eager attention for its logit softcapping."}
+    )
+
+
+@dataclass
+class DataArguments:
+    """Which data, and how it becomes token batches."""
+
+    dataset_args: str = field(
+        default="tatsu-lab/alpaca",
+        metadata={"help": "Dataset spec: name_or_path[train:N,test:M], '+' mixes sources "
+                  "(hub ids, local JSON/JSONL/Parquet files or folders)."},
+    )
+    max_seq_length: int = field(default=1024, metadata={"help": "Longest tokenised row; longer answers are cut."})
+    mask_prompt_loss: bool = field(default=True, metadata={"help": "Train on assistant turns only."})
+    train_on_eos_padding: bool = field(
+        default=False,
+        metadata={"help": "LLaDA recipe: pad answers with attended, trained EOS tokens so the model learns "
+                  "where an answer ends on a fixed-length canvas."},
+    )
+    test_size: float = field(
+        default=0.0,
+        metadata={"help": "Rows held out for evaluation when the source has no test split and the spec no "
+                  "test:M (a fraction < 1 or a count; 0 holds out nothing)."},
+    )
+    skip_invalid_rows: bool = field(
+        default=False, metadata={"help": "Drop malformed rows (counted and logged) instead of stopping."}
+    )
+
+
+@dataclass
+class SFTConfig(MDLMConfig):
+    """MDLMConfig with SFT defaults."""
+
+    output_dir: str = field(default="outputs/sft", metadata={"help": "Where checkpoints and the final model go."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})
+    warmup_steps: float = field(
+        default=0.03, metadata={"help": "Linear warm-up: steps (>= 1) or a fraction of all steps (< 1)."}
+    )
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoints: no, steps, epoch."})

@@ -1,0 +1,130 @@
+"""The supervised fine-tuning recipe shared by ``examples/<family>/sft.py`` and ``dllm sft <family>``.
+
+Steps: parse options, load tokenizer and bidirectional model, give it a mask token, optionally wrap it in
+LoRA, load and validate the data, build the collator, train with :class:`MDLMTrainer`, save a checkpoint
+that ``<Family>ForMaskedLM.from_pretrained`` (and ``AutoTokenizer``) load back.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, HfArgumentParser, PreTrainedModel
+
+from dllm.core.models.masked_lm import add_mask_token
+from dllm.core.trainers.mdlm_trainer import MDLMTrainer
+from dllm.data.collator import SFTDataCollator
+from dllm.data.utils import load_sft_dataset
+from dllm.utils.args import DataArguments, Gemma2ModelArguments, Llama3ModelArguments, ModelArguments, SFTConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between text families in the SFT recipe."""
+
+    model_class_path: str  # "module:Class", imported lazily
+    model_arguments: type[ModelArguments]
+
+    def model_class(self) -> type[PreTrainedModel]:
+        module, name = self.model_class_path.split(":")
+        return getattr(__import__(module, fromlist=[name]), name)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama3": Family("dllm.pipelines.llama3:Llama3ForMaskedLM", Llama3ModelArguments),
+    "gemma2": Family("dllm.pipelines.gemma2:Gemma2ForMaskedLM", Gemma2ModelArguments),
+}
+
+
+def parse_args(family: str, argv: list[str] | None = None):
+    """``(model_args, data_args, training_args)`` from the command line (``--help`` lists every flag)."""
+    parser = HfArgumentParser((FAMILIES[family].model_arguments, DataArguments, SFTConfig))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _dtype(name: str):
+    return name if name == "auto" else getattr(torch, name)
+
+
+def build_model_and_tokenizer(family: str, model_args: ModelArguments):
+    """Load the tokenizer and the bidirectional model; make sure a mask token exists (resizing if added)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    kwargs = {"dtype": _dtype(model_args.dtype)}
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    model = FAMILIES[family].model_class().from_pretrained(model_args.model_name_or_path, **kwargs)
+    add_mask_token(model, tokenizer, model_args.mask_token)
+    return model, tokenizer
+
+
+def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_checkpointing: bool):
+    """Wrap ``model`` in LoRA adapters on ``target_modules`` (peft is imported only here)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=model_args.r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                        target_modules=list(model_args.target_modules), bias="none")
+    if gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
+    model = get_peft_model(model, config)
+    model.print_trainable_parameters()
+    return model
+
+
+def save_final(trainer: MDLMTrainer, tokenizer, output_dir: str, lora: bool) -> None:
+    """Write a full checkpoint ``from_pretrained`` can load; with LoRA also the adapter in ``adapter/``."""
+    if lora:
+        trainer.save_model(str(Path(output_dir) / "adapter"))
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            logger.warning("LoRA under DeepSpeed/FSDP: only the adapter was saved to %s/adapter; merge it into "
+                           "the base model with peft's merge_and_unload on one process.", output_dir)
+            return
+        if trainer.accelerator.is_main_process:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(output_dir)
+    else:
+        trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(output_dir)
+
+
+def main(family: str = "llama3", argv: list[str] | None = None) -> MDLMTrainer:
+    """Run masked-diffusion SFT for ``family`` ("llama3" or "gemma2") with command-line ``argv``."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if family not in FAMILIES:
+        raise SystemExit(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    model_args, data_args, training_args = parse_args(family, argv)
+
+    # 1. Model and tokenizer (bidirectional, with a mask token).
+    model, tokenizer = build_model_and_tokenizer(family, model_args)
+    if model_args.lora:
+        model = apply_lora(model, model_args, training_args.gradient_checkpointing)
+
+    # 2. Data: validated message rows, tokenised on the fly by the collator.
+    test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
+    dataset = load_sft_dataset(data_args.dataset_args, seed=training_args.seed, test_size=test_size,
+                               skip_invalid=data_args.skip_invalid_rows)
+    collator = SFTDataCollator(tokenizer, max_seq_length=data_args.max_seq_length,
+                               mask_prompt_loss=data_args.mask_prompt_loss,
+                               train_on_eos_padding=data_args.train_on_eos_padding)
+
+    # 3. Train.
+    trainer = MDLMTrainer(model=model, args=training_args, train_dataset=dataset["train"],
+                          eval_dataset=dataset.get("test"), data_collator=collator, processing_class=tokenizer)
+    trainer.train()
+    if collator.num_dropped:
+        logger.warning("%d rows were dropped: no answer token fits in max_seq_length=%d",
+                       collator.num_dropped, data_args.max_seq_length)
+
+    # 4. Save a loadable checkpoint with its tokenizer.
+    save_final(trainer, tokenizer, training_args.output_dir, model_args.lora)
+    return trainer
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "llama3", sys.argv[2:])
