@@ -74,7 +74,9 @@ fi
 [[ "$gpus_per_node" =~ ^[1-9][0-9]*$ ]] \
   || die "cannot tell how many GPUs each node has (got '${gpus_per_node}'): request them with --gres=gpu:N or set GPUS_PER_NODE"
 num_processes=$((num_machines * gpus_per_node))
-main_process_ip=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+# Read every host (no `| head -n 1`: under pipefail, scontrol's SIGPIPE would kill the job at random).
+hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+main_process_ip="${hosts%%$'\n'*}"
 [[ -n "$main_process_ip" ]] || die "scontrol returned no host for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
 main_process_port="${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 10000))}"
 
