@@ -56,8 +56,12 @@ else
   config_file="$config_dir/$accelerate_config.yaml"
 fi
 if [[ ! -f "$config_file" ]]; then
-  available=$(cd "$config_dir" 2>/dev/null && ls -- *.yaml 2>/dev/null | sed 's/\.yaml$//' | tr '\n' ' ')
-  die "unknown accelerate config '$accelerate_config' (no file $config_file); available in $config_dir: ${available:-none}"
+  available=""
+  for yaml_file in "$config_dir"/*.yaml; do
+    [[ -f "$yaml_file" ]] && available+="$(basename "$yaml_file" .yaml) "
+  done
+  die "unknown accelerate config '$accelerate_config' (no file $config_file);" \
+    "available in $config_dir: ${available:-none}"
 fi
 [[ -f "$script_path" ]] || die "training script '$script_path' not found (relative to $root)"
 
@@ -72,7 +76,8 @@ if [[ -z "$gpus_per_node" ]] && command -v nvidia-smi >/dev/null 2>&1; then
   gpus_per_node=$(nvidia-smi -L | grep -c '^GPU' || true)
 fi
 [[ "$gpus_per_node" =~ ^[1-9][0-9]*$ ]] \
-  || die "cannot tell how many GPUs each node has (got '${gpus_per_node}'): request them with --gres=gpu:N or set GPUS_PER_NODE"
+  || die "cannot tell how many GPUs each node has (got '${gpus_per_node}'):" \
+    "request them with --gres=gpu:N or set GPUS_PER_NODE"
 num_processes=$((num_machines * gpus_per_node))
 # Read every host (no `| head -n 1`: under pipefail, scontrol's SIGPIPE would kill the job at random).
 hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")

@@ -12,6 +12,7 @@ DDP's/DeepSpeed's gradient averaging (``MDLMTrainer._get_num_items_in_batch`` / 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -393,13 +394,18 @@ def test_ddp_lora_two_ranks_train_and_save_loadable_checkpoint(tmp_path, char_to
     assert torch.equal(start["model.layers.0.mlp.up_proj.weight"], merged["model.layers.0.mlp.up_proj.weight"])
 
 
+# Checked before the fixtures run (an in-test importorskip would first pay for the reference run).
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None or shutil.which("c++") is None,
+    reason="needs deepspeed (pip install dllm[deepspeed]) and a C++ compiler: on CPU DeepSpeed JIT-compiles "
+           "its shared-memory comm op on first use (minutes, cached in ~/.cache/torch_extensions)")
+
+
+@needs_deepspeed
 @pytest.mark.parametrize("config", ["deepspeed", "deepspeed_zero3"])
 def test_deepspeed_two_processes_equal_one_process(single_process_step, one_step_workspace, config):
     """DeepSpeed ZeRO-2 (deepspeed.yaml) and ZeRO-3 on 2 CPU processes: one SGD step gives the single-process
     weights, and Trainer.save_model writes a full checkpoint (ZeRO-3: zero3_save_16bit_model)."""
-    pytest.importorskip("deepspeed")
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("DeepSpeed on CPU JIT-compiles its shared-memory comm op and needs a C++ compiler")
     out, result = one_sgd_step(one_step_workspace, config, config, TWO_CPU_PROCESSES, batch_size=2,
                                extra=("--save_strategy", "steps", "--save_steps", "1"))
     reference_out, reference = single_process_step
