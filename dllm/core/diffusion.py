@@ -51,6 +51,7 @@ def mask_tokens(
     mask_token_id: int,
     *,
     generator: torch.Generator | None = None,
+    uniforms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward process ``q(x_t | x_0)``: mask each maskable token with probability ``1 - alpha(t)``.
 
@@ -59,12 +60,14 @@ def mask_tokens(
         labels: ``[B, L]``; positions with ``-100`` (prompt, padding, image tokens) are never masked.
         mask_prob: ``1 - alpha(t)`` per sequence, ``[B]``.
         mask_token_id: id written at masked positions.
+        uniforms: optional pre-drawn ``U(0, 1)`` values ``[B, L]`` (drawn here when absent).
 
     Returns:
         ``(noisy_ids, masked)``: ``x_t`` ``[B, L]`` and the boolean mask of replaced positions ``[B, L]``.
     """
-    draws = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)  # [B, L]
-    masked = (draws < mask_prob[:, None]) & (labels != IGNORE_INDEX)  # [B, L]
+    if uniforms is None:
+        uniforms = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)  # [B, L]
+    masked = (uniforms < mask_prob[:, None]) & (labels != IGNORE_INDEX)  # [B, L]
     noisy_ids = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     return noisy_ids, masked
 

@@ -95,3 +95,8 @@ class SFTConfig(MDLMConfig):
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoints: no, steps, epoch."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "DDP: search for parameters without gradient every step (costs an extra pass; "
+                  "every parameter of a dllm model gets a gradient, so off)."},
+    )

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedModel
+from transformers import AutoTokenizer, HfArgumentParser, PreTrainedModel, set_seed
 
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
@@ -100,7 +100,8 @@ def main(family: str = "llama3", argv: list[str] | None = None) -> MDLMTrainer:
         raise SystemExit(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
     model_args, data_args, training_args = parse_args(family, argv)
 
-    # 1. Model and tokenizer (bidirectional, with a mask token).
+    # 1. Model and tokenizer (bidirectional, with a mask token). Seeded first: a new mask-token row is random.
+    set_seed(training_args.seed)
     model, tokenizer = build_model_and_tokenizer(family, model_args)
     if model_args.lora:
         model = apply_lora(model, model_args, training_args.gradient_checkpointing)

@@ -1,4 +1,5 @@
 import math
+from dataclasses import fields
 
 import pytest
 import torch
@@ -26,6 +27,20 @@ def copy_task_dataset(n=64, length=12, prompt=4, seed=0):
         labels[prompt + 2 + i % 5:] = -100  # 2..6 answer tokens
         rows.append({"input_ids": ids.tolist(), "labels": labels.tolist(), "attention_mask": [1] * length})
     return Dataset.from_list(rows)
+
+
+class Spy(torch.nn.Module):
+    """Wraps a model and records the noisy input_ids it is called with."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+        self.seen = []
+
+    def forward(self, input_ids, **kwargs):
+        self.seen.append(input_ids.clone())
+        return self.inner(input_ids=input_ids, **kwargs)
 
 
 def tiny_model(seed=0):
@@ -114,27 +129,42 @@ def test_missing_mask_token_is_a_clear_error(tmp_path):
 
 
 def test_prompt_tokens_are_never_masked_in_compute_loss(tmp_path):
-    seen = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.config = inner.config
-
-        def forward(self, input_ids, **kwargs):
-            seen.append(input_ids.clone())
-            return self.inner(input_ids=input_ids, **kwargs)
-
-        def get_input_embeddings(self):
-            return self.inner.get_input_embeddings()
-
     model = tiny_model()
     trainer = MDLMTrainer(model=model, args=config(tmp_path, time_eps=1.0), train_dataset=copy_task_dataset(8),
                           data_collator=default_data_collator)
     batch = default_data_collator([copy_task_dataset(8)[i] for i in range(8)])
-    trainer.compute_loss(Spy(model), batch)
-    noisy = seen[0]
+    spy = Spy(model)
+    trainer.compute_loss(spy, batch)
+    noisy = spy.seen[0]
     answer = batch["labels"] != -100
     assert (noisy[answer] == MASK_ID).all()  # t = 1: every answer token masked
     assert torch.equal(noisy[~answer], batch["input_ids"][~answer])  # prompt untouched
+
+
+def test_processes_draw_disjoint_noise_from_a_shared_seed(tmp_path):
+    """Processes are seeded alike; each must still get its own t (a slice of one global antithetic grid) and
+    its own masks. Simulated by calling compute_loss as rank 0 and rank 1 of 2 from the same RNG state."""
+
+    class TwoProcesses(MDLMConfig):
+        rank = 0
+        world_size = property(lambda self: 2)
+        process_index = property(lambda self: self.rank)
+
+    model = tiny_model()
+    trainer = MDLMTrainer(model=model, args=config(tmp_path), data_collator=default_data_collator)
+    trainer.args = TwoProcesses(**{k: v for k, v in vars(config(tmp_path)).items() if not k.startswith("_")
+                                   and k in {f.name for f in fields(MDLMConfig) if f.init}})
+    rows = copy_task_dataset(4, length=40)
+    batch = default_data_collator([rows[i] for i in range(4)])
+    answer = batch["labels"] != -100
+    noisy, fractions = [], []
+    for rank in (0, 1):
+        trainer.args.rank = rank
+        spy = Spy(model)
+        torch.manual_seed(123)
+        trainer.compute_loss(spy, batch)
+        noisy.append(spy.seen[0])
+        fractions.append(((spy.seen[0] == MASK_ID) & answer).sum(1) / answer.sum(1))  # ~ t per row
+    assert not torch.equal(noisy[0], noisy[1])
+    # Together the two ranks' 8 times fill the 8 strata of one antithetic grid (up to masking noise).
+    assert abs(torch.cat(fractions).mean().item() - 0.5) < 0.15

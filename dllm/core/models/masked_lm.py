@@ -120,7 +120,8 @@ def add_mask_token(
     """Give the tokenizer a mask token and make sure the model can embed it; returns its id.
 
     The tokenizer's own mask token is reused when it has one; otherwise ``mask_token`` is added as a special
-    token and the embeddings are resized (new rows start at the mean embedding). The id is stored as
+    token and the embeddings are resized (transformers draws the new row from a normal fitted to the old
+    embeddings' mean and covariance: seed first for a reproducible row). The id is stored as
     ``config.mask_token_id`` so a saved checkpoint and tokenizer reload with the same mask id.
     """
     if tokenizer.mask_token_id is None:

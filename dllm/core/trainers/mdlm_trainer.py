@@ -122,13 +122,17 @@ class MDLMTrainer(Trainer):
         inputs = self._preprocess_inputs(dict(inputs))
         input_ids, labels = inputs.pop("input_ids"), inputs.pop("labels")  # [B, L], [B, L]
 
-        # 1. One diffusion time per sequence, t in [eps, 1].
-        t = sample_t(input_ids.shape[0], eps=args.time_eps, antithetic=args.time_sampler == "antithetic",
-                     device=input_ids.device)  # [B]
+        # 1. One diffusion time per sequence, t in [eps, 1]. Every process is seeded alike, so the draws are
+        #    made for the global batch and each process keeps its slice: processes never share t or masks,
+        #    and the low-discrepancy grid spans the global batch.
+        world, rank, batch = args.world_size, args.process_index, input_ids.shape[0]
+        t = sample_t(world * batch, eps=args.time_eps, antithetic=args.time_sampler == "antithetic",
+                     device=input_ids.device)[rank * batch : (rank + 1) * batch]  # [B]
 
         # 2. Forward process: mask answer tokens with probability 1 - alpha(t).
-        noisy_ids, masked = mask_tokens(input_ids, labels, self.schedule.mask_probability(t),
-                                        self.mask_token_id)  # [B, L], [B, L]
+        uniforms = torch.rand((world, *input_ids.shape), device=input_ids.device)[rank]  # [B, L]
+        noisy_ids, masked = mask_tokens(input_ids, labels, self.schedule.mask_probability(t), self.mask_token_id,
+                                        uniforms=uniforms)  # [B, L], [B, L]
 
         # 3. Denoise x_t in one bidirectional pass.
         outputs = model(input_ids=noisy_ids, **inputs)
