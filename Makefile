@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dllm-installed
 
-.PHONY: demo test test-fast install clean
+.PHONY: demo test test-fast test-deepspeed install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,9 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs build dist *.egg-info
+
+# DeepSpeed ZeRO-2/3 tests on CPU over gloo (deepspeed builds from source; its first run compiles a C++ op,
+# about 3 minutes once per machine). Not part of `make test`, whose tests skip when deepspeed is absent.
+test-deepspeed: $(STAMP)
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[deepspeed]"
+	$(PY) -m pytest -q tests/test_distributed.py -k deepspeed
