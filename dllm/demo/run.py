@@ -1,0 +1,349 @@
+"""Offline demo: train a tiny bidirectional LLaMA 3 from scratch as a masked diffusion LM, then answer
+held-out prompts by iterative denoising. Nothing is downloaded.
+
+    make demo                                   # = dllm demo
+    python -m dllm.demo --train_minutes 3       # shorter run
+    python -m dllm.demo --help                  # every flag (demo options + MDLMConfig/TrainingArguments)
+
+Steps: build a character tokenizer and a random-init ``Llama3ForMaskedLM`` (saved and reloaded through
+``from_pretrained``); stream synthetic instruction tasks (:mod:`dllm.demo.tasks`); train with the same
+``MDLMTrainer`` + ``SFTDataCollator`` path as ``examples/llama3/sft.py`` for a wall-clock budget (the
+learning rate follows warm-up + cosine in *elapsed time*, so the decay completes whatever the machine's
+speed); reload the saved checkpoint and answer prompts held out from training (disjoint by construction)
+with the low-confidence sampler; print exact match per task and overall, a few samples, and plot the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    HfArgumentParser,
+    LlamaConfig,
+    TrainerCallback,
+    set_seed,
+)
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
+
+from dllm.core.generation import DiffusionGenerationConfig, generate_text
+from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
+from dllm.data.collator import IGNORE_INDEX, SFTDataCollator, tokenize_messages
+from dllm.demo.tasks import DEMO_ALPHABET, AddNumbers, ReverseWord, SortDigits, iter_examples, make_examples, to_messages
+from dllm.pipelines.llama3 import Llama3ForMaskedLM
+from dllm.utils.tokenizers import build_char_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoArguments:
+    """What the demo trains on, for how long, and how it is evaluated."""
+
+    train_minutes: float = field(
+        default=6.0, metadata={"help": "Wall-clock training budget in minutes (the learning-rate schedule spans "
+                               "it); training also stops at --max_steps."}
+    )
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)."})
+    # Model shape: a LLaMA 3 block stack, tiny.
+    hidden_size: int = field(default=64, metadata={"help": "Model width."})
+    num_hidden_layers: int = field(default=4, metadata={"help": "Transformer blocks."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads (also key/value heads)."})
+    intermediate_size: int = field(default=256, metadata={"help": "SwiGLU width."})
+    rope_theta: float = field(
+        default=100.0, metadata={"help": "RoPE base; sequences here are under 30 tokens, so a small base spreads "
+                                "the rotary frequencies over the positions that occur."}
+    )
+    # Tasks.
+    sort_max_digits: int = field(default=6, metadata={"help": "sort: 3..N digits."})
+    reverse_max_letters: int = field(default=6, metadata={"help": "reverse: 3..N letters."})
+    add_max_digits: int = field(default=2, metadata={"help": "add: operands of 1..N digits."})
+    heldout_fraction: float = field(
+        default=0.1, metadata={"help": "Share of each task's prompt space reserved for evaluation (by prompt hash)."}
+    )
+    # Evaluation.
+    num_eval_per_task: int = field(default=100, metadata={"help": "Held-out prompts per task."})
+    num_samples_to_show: int = field(default=3, metadata={"help": "Samples printed per task."})
+    eval_batch_size: int = field(default=256, metadata={"help": "Prompts denoised together."})
+    eval_every_minutes: float = field(
+        default=0.0, metadata={"help": "Also report held-out exact match during training every N minutes "
+                               "(0: only at the end); the time spent is not charged to the training budget."}
+    )
+
+
+@dataclass
+class DemoTrainingConfig(MDLMConfig):
+    """MDLMConfig with the demo's defaults (tiny model from scratch, CPU, wall-clock budget)."""
+
+    output_dir: str = field(default="outputs/demo", metadata={"help": "Checkpoint, tokenizer and loss.png go here."})
+    use_cpu: bool = field(default=True, metadata={"help": "Train on CPU (the demo is sized for 2 cores)."})
+    max_steps: int = field(default=100_000, metadata={"help": "Upper bound on optimizer steps."})
+    per_device_train_batch_size: int = field(default=64, metadata={"help": "Sequences per step."})
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak AdamW learning rate."})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_steps: float = field(default=0.03, metadata={"help": "Warm-up share of the budget (< 1) or steps."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "Cosine decays to this fraction of the peak."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping."})
+    logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(default="no", metadata={"help": "Only the final model is saved."})
+    disable_tqdm: bool = field(default=True, metadata={"help": "Progress is printed by the demo."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "Batches are built in the main process."})
+    include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Count tokens (for tokens/s)."})
+
+
+class CharChatEncoder:
+    """``tokenize_messages`` for one user turn and one answer, for a *character* tokenizer, ~50x faster.
+
+    Rendering the chat template costs about a millisecond per row, as much as a training step of the tiny
+    model spends on a few rows. With one token per character the ids are a fixed template skeleton around the
+    characters of the prompt and the answer, so the skeleton is read once from ``tokenize_messages`` and
+    every row is checked against it until ``verify`` rows have matched.
+    """
+
+    def __init__(self, tokenizer, verify: int = 256):
+        self.tokenizer, self.verify = tokenizer, verify
+        self.vocab = tokenizer.get_vocab()
+        q, a = DEMO_ALPHABET[0], DEMO_ALPHABET[1]
+        probe = tokenize_messages(tokenizer, to_messages({"prompt": q, "answer": a, "task": ""})["messages"])
+        ids, labels = probe["input_ids"], probe["labels"]
+        at_q, at_a = ids.index(self.vocab[q]), ids.index(self.vocab[a])
+        self.prefix, self.middle, self.suffix = ids[:at_q], ids[at_q + 1:at_a], ids[at_a + 1:]
+        self.suffix_labels = labels[at_a + 1:]
+
+    def __call__(self, example: dict) -> dict[str, list[int]]:
+        prompt = [self.vocab[c] for c in example["prompt"]]
+        answer = [self.vocab[c] for c in example["answer"]]
+        context = self.prefix + prompt + self.middle
+        row = {"input_ids": context + answer + self.suffix,
+               "labels": [IGNORE_INDEX] * len(context) + answer + self.suffix_labels}
+        if self.verify > 0:
+            self.verify -= 1
+            expected = tokenize_messages(self.tokenizer, to_messages(example)["messages"])
+            if row != expected:
+                raise ValueError(f"CharChatEncoder disagrees with tokenize_messages on {example!r}: {row} vs {expected}")
+        return row
+
+
+class TaskStream(torch.utils.data.IterableDataset):
+    """Endless fresh training rows, pre-tokenized ``{"input_ids", "labels"}`` (training prompts only)."""
+
+    def __init__(self, tasks, encoder: CharChatEncoder, seed: int, heldout_fraction: float):
+        self.tasks, self.encoder, self.seed, self.heldout_fraction = tasks, encoder, seed, heldout_fraction
+
+    def __iter__(self):
+        for example in iter_examples(self.tasks, "train", self.seed, self.heldout_fraction):
+            yield self.encoder(example)
+
+
+class WallClockBudget(TrainerCallback):
+    """Stops training once ``seconds`` of training time have passed; ``progress()`` feeds the LR schedule.
+
+    Progress is the larger of elapsed/budget and step/max_steps, so a step budget works as well.
+    """
+
+    def __init__(self, seconds: float, max_steps: int):
+        self.seconds, self.max_steps = seconds, max_steps
+        self.start: float | None = None
+        self.paused = 0.0  # seconds spent on in-training evaluation, not charged to the budget
+        self.stop: float | None = None
+        self.step = 0
+
+    def elapsed(self) -> float:
+        """Training seconds so far (frozen once training ends)."""
+        if self.start is None:
+            return 0.0
+        return (self.stop or time.time()) - self.start - self.paused
+
+    def progress(self) -> float:
+        return min(1.0, max(self.elapsed() / self.seconds, self.step / self.max_steps))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.step = state.global_step
+        if self.progress() >= 1.0:
+            control.should_training_stop = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.stop = time.time()
+
+
+def warmup_cosine(progress: float, warmup: float, min_ratio: float) -> float:
+    """LR multiplier at ``progress`` in [0, 1]: linear warm-up to 1, then cosine down to ``min_ratio``."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    decay = (progress - warmup) / max(1e-8, 1.0 - warmup)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, decay)))
+
+
+class Progress(TrainerCallback):
+    """One line per logging step (step, training minutes, loss, learning rate, tokens/s); optionally the
+    held-out exact match every ``eval_every`` seconds of training, paused out of the budget."""
+
+    def __init__(self, budget: WallClockBudget, evaluate_fn=None, eval_every: float = 0.0):
+        self.budget, self.evaluate_fn, self.eval_every = budget, evaluate_fn, eval_every
+        self.next_eval = eval_every
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            elapsed = self.budget.elapsed()
+            print(f"  step {state.global_step:5d} | {elapsed / 60:5.2f} min | loss {logs['loss']:.4f} | "
+                  f"lr {logs.get('learning_rate', 0):.2e} | {state.num_input_tokens_seen / max(elapsed, 1e-9):5.0f} "
+                  "tokens/s", flush=True)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.evaluate_fn is None or not self.eval_every or self.budget.elapsed() < self.next_eval:
+            return
+        self.next_eval += self.eval_every
+        began = time.time()
+        scores = self.evaluate_fn(model)
+        model.train()
+        self.budget.paused += time.time() - began
+        print(f"  step {state.global_step:5d} | held-out exact match: "
+              + ", ".join(f"{name} {100 * score:.0f}%" for name, score in scores.items()), flush=True)
+
+
+def build_tokenizer_and_model(args: DemoArguments, output_dir: Path):
+    """Character tokenizer + random-init LLaMA 3 masked LM, saved to and reloaded from ``output_dir/init``."""
+    tokenizer = build_char_tokenizer(DEMO_ALPHABET)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+        num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
+        num_key_value_heads=args.num_attention_heads, max_position_embeddings=128, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, mask_token_id=tokenizer.mask_token_id,
+    )
+    init_dir = output_dir / "init"
+    Llama3ForMaskedLM(config).save_pretrained(init_dir)
+    tokenizer.save_pretrained(init_dir)
+    # The real loading path: config.json carries is_causal=false.
+    return AutoTokenizer.from_pretrained(init_dir), Llama3ForMaskedLM.from_pretrained(init_dir)
+
+
+def evaluate(model, tokenizer, examples, gen_length: int, batch_size: int) -> tuple[list[str], dict[str, float]]:
+    """Answer ``examples`` (one token committed per step); returns the answers and exact match per task."""
+    config = DiffusionGenerationConfig(gen_length=gen_length)
+    model.eval()
+    answers = generate_text(model, tokenizer, [e["prompt"] for e in examples], config, batch_size=batch_size)
+    hits: dict[str, list[int]] = {}
+    for example, answer in zip(examples, answers):
+        counts = hits.setdefault(example["task"], [0, 0])
+        counts[0] += answer == example["answer"]
+        counts[1] += 1
+    return answers, {name: h / n for name, (h, n) in hits.items()}
+
+
+def plot_loss(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([s for s, _ in points], [v for _, v in points])
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("MDLM loss (weighted masked CE)")
+    ax.set_title("dllm demo: training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    start = time.time()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 MB checkpoint
+    parser = HfArgumentParser((DemoArguments, DemoTrainingConfig))
+    args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    output_dir = Path(train_args.output_dir)
+    set_seed(train_args.seed)
+
+    # 1. Tasks: training prompts stream forever; held-out prompts are disjoint from them by prompt hash.
+    tasks = [SortDigits(3, args.sort_max_digits), ReverseWord(3, args.reverse_max_letters),
+             AddNumbers(args.add_max_digits)]
+    heldout = make_examples(tasks, args.num_eval_per_task, "test", seed=train_args.seed,
+                            heldout_fraction=args.heldout_fraction)
+    gen_length = max(task.max_answer_length() for task in tasks) + 1
+
+    # 2. Tokenizer and model.
+    tokenizer, model = build_tokenizer_and_model(args, output_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: Llama3ForMaskedLM {args.num_hidden_layers} layers x {args.hidden_size}, {n_params / 1e6:.2f}M "
+          f"parameters, vocab {len(tokenizer)}; tasks: {', '.join(t.name for t in tasks)}; "
+          f"{torch.get_num_threads()} threads", flush=True)
+
+    # 3. Train: MDLMTrainer + SFTDataCollator, as examples/llama3/sft.py; EOS padding marks answer ends.
+    budget = WallClockBudget(args.train_minutes * 60, train_args.max_steps)
+    warmup = train_args.warmup_steps if train_args.warmup_steps < 1 else train_args.warmup_steps / train_args.max_steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_args.learning_rate,
+                                  betas=(train_args.adam_beta1, train_args.adam_beta2),
+                                  eps=train_args.adam_epsilon, weight_decay=train_args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda _: warmup_cosine(budget.progress(), warmup, train_args.min_lr_ratio))
+    collator = SFTDataCollator(tokenizer, train_on_eos_padding=True)
+    monitor_set = heldout[: 50 * len(tasks)]
+
+    def monitor(model):
+        return evaluate(model, tokenizer, monitor_set, gen_length, args.eval_batch_size)[1]
+
+    trainer = MDLMTrainer(model=model, args=train_args, train_dataset=TaskStream(tasks, CharChatEncoder(tokenizer),
+                                                                                 train_args.seed, args.heldout_fraction),
+                          data_collator=collator, processing_class=tokenizer, optimizers=(optimizer, scheduler),
+                          callbacks=[budget, Progress(budget, monitor, args.eval_every_minutes * 60)])
+    for callback in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(callback)
+    print(f"training for up to {args.train_minutes:g} min ...", flush=True)
+    trainer.train()
+    train_seconds = budget.elapsed()
+    print(f"trained {trainer.state.global_step} steps, {trainer.state.num_input_tokens_seen} tokens in "
+          f"{train_seconds / 60:.1f} min ({trainer.state.num_input_tokens_seen / max(train_seconds, 1e-9):.0f} "
+          "tokens/s)", flush=True)
+
+    # 4. Save model + tokenizer + loss curve; evaluate the checkpoint as reloaded from disk.
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(output_dir)
+    plot_loss(trainer.state.log_history, output_dir / "loss.png")
+    model = Llama3ForMaskedLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    answers, _ = evaluate(model, tokenizer, heldout, gen_length, args.eval_batch_size)
+
+    # 5. Report.
+    per_task: dict[str, list[int]] = {task.name: [0, 0] for task in tasks}
+    for example, answer in zip(heldout, answers):
+        per_task[example["task"]][0] += answer == example["answer"]
+        per_task[example["task"]][1] += 1
+    print(f"\nheld-out exact match ({args.num_eval_per_task} prompts per task, none seen in training):")
+    for name, (hits, total) in per_task.items():
+        print(f"  {name:8s} {100 * hits / total:5.1f}% ({hits}/{total})")
+    print("samples:")
+    for task in tasks:
+        shown = [(e, a) for e, a in zip(heldout, answers) if e["task"] == task.name][: args.num_samples_to_show]
+        for example, answer in shown:
+            mark = "ok " if answer == example["answer"] else "BAD"
+            print(f"  [{mark}] {example['prompt']!r:24s} -> {answer!r:10s} (expected {example['answer']!r})")
+    print(f"saved model, tokenizer and loss.png to {output_dir}")
+    hits = sum(h for h, _ in per_task.values())
+    total = sum(t for _, t in per_task.values())
+    print(f"overall exact match: {100 * hits / total:.1f}% ({hits}/{total}) in {time.time() - start:.0f} s",
+          flush=True)
+    return {"exact_match": hits / total, "per_task": per_task, "steps": trainer.state.global_step}
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
