@@ -168,3 +168,15 @@ def test_processes_draw_disjoint_noise_from_a_shared_seed(tmp_path):
     assert not torch.equal(noisy[0], noisy[1])
     # Together the two ranks' 8 times fill the 8 strata of one antithetic grid (up to masking noise).
     assert abs(torch.cat(fractions).mean().item() - 0.5) < 0.15
+
+
+def test_uniform_weighting_drops_the_elbo_weight(tmp_path):
+    """Cosine schedule at t = 1: the ELBO weight is (pi/2)/tan(pi/4) = pi/2; 'uniform' uses 1."""
+    batch = default_data_collator([copy_task_dataset(8)[i] for i in range(8)])
+    losses = {}
+    for weighting in ("elbo", "uniform"):
+        trainer = MDLMTrainer(model=tiny_model(), args=config(tmp_path, time_eps=1.0, schedule="cosine",
+                                                                 loss_weighting=weighting),
+                              data_collator=default_data_collator)
+        losses[weighting] = trainer.compute_loss(trainer.model, batch).item()
+    assert math.isclose(losses["elbo"], math.pi / 2 * losses["uniform"], rel_tol=1e-5)

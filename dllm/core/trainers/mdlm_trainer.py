@@ -40,6 +40,12 @@ class MDLMConfig(TrainingArguments):
     time_eps: float = field(
         default=1e-3, metadata={"help": "Smallest diffusion time: t is drawn in [time_eps, 1]."}
     )
+    loss_weighting: Literal["elbo", "uniform"] = field(
+        default="elbo",
+        metadata={"help": "'elbo': weight each sequence's masked cross-entropy by -alpha'(t)/(1-alpha(t)) "
+                  "(1/t for linear), the MDLM bound; 'uniform': weight 1, the plain masked-LM loss (not a "
+                  "bound; lower variance, often faster on short answers). Evaluation always uses 'elbo'."},
+    )
     loss_normalization: Literal["token", "sequence"] = field(
         default="token",
         metadata={"help": "'token': divide the weighted masked cross-entropy by the number of answer tokens "
@@ -141,7 +147,8 @@ class MDLMTrainer(Trainer):
         #    window (num_items_in_batch); evaluation always reports the per-token ELBO of its own batch.
         normalization = args.loss_normalization if training else "token"
         num_items = num_items_in_batch if training else None
-        loss = masked_diffusion_loss(outputs.logits, labels, masked, self.schedule.weight(t),
+        weight = torch.ones_like(t) if training and args.loss_weighting == "uniform" else self.schedule.weight(t)
+        loss = masked_diffusion_loss(outputs.logits, labels, masked, weight,
                                      normalization=normalization, num_items=num_items)
         if num_items is not None and args.average_tokens_across_devices and args.world_size > 1:
             # num_items counts every process's tokens; DDP averages gradients over processes, so undo it.
