@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import (
@@ -42,6 +43,22 @@ from dllm.pipelines.llama3 import Llama3ForMaskedLM
 from dllm.utils.tokenizers import build_char_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+def process_start_time() -> float:
+    """When this Python process started (Linux ``/proc``), so the reported time includes interpreter start-up
+    and imports; elsewhere, when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()  # fields 3.. of proc(5); starttime is field 22
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + int(after_name[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
 
 
 @dataclass
@@ -65,7 +82,14 @@ class DemoArguments:
     # Tasks.
     sort_max_digits: int = field(default=6, metadata={"help": "sort: 3..N digits."})
     reverse_max_letters: int = field(default=6, metadata={"help": "reverse: 3..N letters."})
-    add_max_digits: int = field(default=2, metadata={"help": "add: operands of 1..N digits."})
+    add_min_digits: int = field(default=2, metadata={"help": "add: operands of at least N digits."})
+    add_max_digits: int = field(default=2, metadata={"help": "add: operands of at most N digits."})
+    add_lsd_first: bool = field(default=True, metadata={"help": "add: write the sum least-significant digit first."})
+    add_pad_answer: bool = field(default=False, metadata={"help": "add: zero-pad the sum to a fixed width."})
+    add_share: int = field(
+        default=1, metadata={"help": "add gets this many training rows per row of each other task (it is the "
+                             "slowest to learn)."}
+    )
     heldout_fraction: float = field(
         default=0.1, metadata={"help": "Share of each task's prompt space reserved for evaluation (by prompt hash)."}
     )
@@ -96,21 +120,27 @@ class DemoTrainingConfig(MDLMConfig):
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "Only the final model is saved."})
     disable_tqdm: bool = field(default=True, metadata={"help": "Progress is printed by the demo."})
+    loss_weighting: Literal["elbo", "uniform"] = field(default="uniform", metadata={"help": "'uniform' masked CE (learns these tasks "
+                                "several times faster here than the 1/t ELBO weight) or 'elbo'."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Batches are built in the main process."})
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Count tokens (for tokens/s)."})
 
 
 class CharChatEncoder:
-    """``tokenize_messages`` for one user turn and one answer, for a *character* tokenizer, ~50x faster.
+    """``tokenize_messages`` for one user turn and one answer, for a *character* tokenizer, ~50x faster; with
+    ``canvas_length`` the answer is padded with trained EOS tokens to that many tokens.
 
     Rendering the chat template costs about a millisecond per row, as much as a training step of the tiny
     model spends on a few rows. With one token per character the ids are a fixed template skeleton around the
     characters of the prompt and the answer, so the skeleton is read once from ``tokenize_messages`` and
-    every row is checked against it until ``verify`` rows have matched.
+    rows are checked against it until ``verify`` rows have matched.
+
+    The EOS canvas is LLaDA's SFT recipe with a fixed length: the model learns to fill the positions after an
+    answer with EOS on exactly the canvas the sampler later fills (``gen_length``), whatever the batch holds.
     """
 
-    def __init__(self, tokenizer, verify: int = 256):
-        self.tokenizer, self.verify = tokenizer, verify
+    def __init__(self, tokenizer, canvas_length: int | None = None, verify: int = 256):
+        self.tokenizer, self.canvas_length, self.verify = tokenizer, canvas_length, verify
         self.vocab = tokenizer.get_vocab()
         q, a = DEMO_ALPHABET[0], DEMO_ALPHABET[1]
         probe = tokenize_messages(tokenizer, to_messages({"prompt": q, "answer": a, "task": ""})["messages"])
@@ -118,6 +148,8 @@ class CharChatEncoder:
         at_q, at_a = ids.index(self.vocab[q]), ids.index(self.vocab[a])
         self.prefix, self.middle, self.suffix = ids[:at_q], ids[at_q + 1:at_a], ids[at_a + 1:]
         self.suffix_labels = labels[at_a + 1:]
+        if self.suffix_labels != [tokenizer.eos_token_id]:
+            raise ValueError(f"expected the chat template to end an answer with one eos, got {self.suffix}")
 
     def __call__(self, example: dict) -> dict[str, list[int]]:
         prompt = [self.vocab[c] for c in example["prompt"]]
@@ -130,6 +162,12 @@ class CharChatEncoder:
             expected = tokenize_messages(self.tokenizer, to_messages(example)["messages"])
             if row != expected:
                 raise ValueError(f"CharChatEncoder disagrees with tokenize_messages on {example!r}: {row} vs {expected}")
+        if self.canvas_length is not None:
+            extra = self.canvas_length - len(answer) - len(self.suffix)
+            if extra < 0:
+                raise ValueError(f"answer {example['answer']!r} does not fit a canvas of {self.canvas_length} tokens")
+            eos = [self.tokenizer.eos_token_id] * extra
+            row = {"input_ids": row["input_ids"] + eos, "labels": row["labels"] + eos}
         return row
 
 
@@ -263,7 +301,7 @@ def plot_loss(log_history: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    start = time.time()
+    start = process_start_time()
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 MB checkpoint
@@ -276,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 1. Tasks: training prompts stream forever; held-out prompts are disjoint from them by prompt hash.
     tasks = [SortDigits(3, args.sort_max_digits), ReverseWord(3, args.reverse_max_letters),
-             AddNumbers(args.add_max_digits)]
+             AddNumbers(args.add_min_digits, args.add_max_digits, args.add_lsd_first, args.add_pad_answer)]
+    train_mix = tasks + [task for task in tasks if task.name == "add"] * (args.add_share - 1)
     heldout = make_examples(tasks, args.num_eval_per_task, "test", seed=train_args.seed,
                             heldout_fraction=args.heldout_fraction)
     gen_length = max(task.max_answer_length() for task in tasks) + 1
@@ -296,13 +335,14 @@ def main(argv: list[str] | None = None) -> dict:
                                   eps=train_args.adam_epsilon, weight_decay=train_args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda _: warmup_cosine(budget.progress(), warmup, train_args.min_lr_ratio))
-    collator = SFTDataCollator(tokenizer, train_on_eos_padding=True)
+    # Rows arrive pre-tokenized with their EOS canvas; the collator right-pads them (attention 0, no loss).
+    collator = SFTDataCollator(tokenizer)
     monitor_set = heldout[: 50 * len(tasks)]
 
     def monitor(model):
         return evaluate(model, tokenizer, monitor_set, gen_length, args.eval_batch_size)[1]
 
-    trainer = MDLMTrainer(model=model, args=train_args, train_dataset=TaskStream(tasks, CharChatEncoder(tokenizer),
+    trainer = MDLMTrainer(model=model, args=train_args, train_dataset=TaskStream(train_mix, CharChatEncoder(tokenizer, gen_length),
                                                                                  train_args.seed, args.heldout_fraction),
                           data_collator=collator, processing_class=tokenizer, optimizers=(optimizer, scheduler),
                           callbacks=[budget, Progress(budget, monitor, args.eval_every_minutes * 60)])
@@ -333,7 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  {name:8s} {100 * hits / total:5.1f}% ({hits}/{total})")
     print("samples:")
     for task in tasks:
-        shown = [(e, a) for e, a in zip(heldout, answers) if e["task"] == task.name][: args.num_samples_to_show]
+        rows = [(e, a) for e, a in zip(heldout, answers) if e["task"] == task.name]
+        wrong = [(e, a) for e, a in rows if a != e["answer"]][:1]  # show a failure when there is one
+        shown = [(e, a) for e, a in rows if a == e["answer"]][: args.num_samples_to_show - len(wrong)] + wrong
         for example, answer in shown:
             mark = "ok " if answer == example["answer"] else "BAD"
             print(f"  [{mark}] {example['prompt']!r:24s} -> {answer!r:10s} (expected {example['answer']!r})")

@@ -10,7 +10,7 @@ Three of the tasks cannot be solved by copying the prompt in order:
 * ``sort``     ``sort 5391``        -> ``1359``   (digits in ascending order)
 * ``reverse``  ``reverse hello``    -> ``olleh``  (letters in reverse order)
 * ``add``      ``add 47+85``        -> ``231``    (the sum 132, written least-significant digit first, so
-  that each digit depends only on digits to its left plus a carry: the order the sampler resolves it in)
+  that each digit depends only on the operand digits at its place plus a carry from the digit before it)
 """
 
 from __future__ import annotations
@@ -95,16 +95,27 @@ class ReverseWord(Task):
 
 @dataclass(frozen=True)
 class AddNumbers(Task):
-    """``add 47+85`` -> ``231``: two numbers of 1..``max_digits`` digits; the sum written least-significant
-    digit first when ``lsd_first`` (132 -> "231"), which is far easier to learn than the usual order."""
+    """``add 47+85`` -> ``231``: two numbers of ``min_digits``..``max_digits`` digits and their sum.
 
+    ``lsd_first`` writes the sum least-significant digit first (132 -> "231"), the usual help for left-to-right
+    decoders: each digit then depends on the operand digits at its place plus the carry from the one before.
+    ``pad_answer`` zero-pads the sum to ``max_digits + 1`` digits ("add 12+34" -> "046"), which puts every answer
+    digit at a fixed offset from the operand digits it depends on.
+    """
+
+    min_digits: int = 1
     max_digits: int = 2
     lsd_first: bool = True
+    pad_answer: bool = False
     name = "add"
 
+    def _number(self, rng: random.Random) -> int:
+        digits = rng.randint(self.min_digits, self.max_digits)
+        return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
+
     def _draw(self, rng: random.Random) -> tuple[str, str]:
-        a, b = (rng.randint(0, 10 ** rng.randint(1, self.max_digits) - 1) for _ in range(2))
-        total = str(a + b)
+        a, b = self._number(rng), self._number(rng)
+        total = str(a + b).zfill(self.max_digits + 1 if self.pad_answer else 1)
         return f"add {a}+{b}", total[::-1] if self.lsd_first else total
 
     def max_answer_length(self) -> int:
@@ -132,7 +143,7 @@ class CountLetter(Task):
 
 def default_tasks() -> list[Task]:
     """The demo's task mix: three tasks that each need a rule other than copying."""
-    return [SortDigits(), ReverseWord(), AddNumbers()]
+    return [SortDigits(), ReverseWord(), AddNumbers(min_digits=2, max_digits=2)]
 
 
 def iter_examples(tasks: Sequence[Task], split: str = "train", seed: int = 0, heldout_fraction: float = 0.1

@@ -19,7 +19,8 @@ from dllm.demo.tasks import (
     make_messages_dataset,
 )
 
-ALL_TASKS = [SortDigits(), ReverseWord(), AddNumbers(), CountLetter(), AddNumbers(max_digits=3, lsd_first=False)]
+ALL_TASKS = [SortDigits(), ReverseWord(), AddNumbers(), AddNumbers(min_digits=2), CountLetter(),
+             AddNumbers(max_digits=3, lsd_first=False), AddNumbers(lsd_first=False, pad_answer=True)]
 
 
 def _draws(task, n=300, split="train", seed=0):
@@ -50,6 +51,23 @@ def test_add_answers_are_the_sum(lsd_first):
         assert len(answer) <= task.max_answer_length()
         carries += len(str(a + b)) > max(len(str(a)), len(str(b)))
     assert carries > 0  # the carry into a new digit is exercised
+
+
+def test_add_operand_digits_respect_the_bounds():
+    lengths = set()
+    for prompt, _ in _draws(AddNumbers(min_digits=2, max_digits=3)):
+        for operand in prompt.removeprefix("add ").split("+"):
+            assert not operand.startswith("0")
+            lengths.add(len(operand))
+    assert lengths == {2, 3}
+
+
+@pytest.mark.parametrize("lsd_first", [True, False])
+def test_add_padded_answers_have_a_fixed_width(lsd_first):
+    task = AddNumbers(min_digits=2, max_digits=2, lsd_first=lsd_first, pad_answer=True)
+    for prompt, answer in _draws(task):
+        a, b = map(int, prompt.removeprefix("add ").split("+"))
+        assert len(answer) == 3 and int(answer[::-1] if lsd_first else answer) == a + b
 
 
 def test_add_lsd_first_example():
@@ -84,6 +102,12 @@ def test_splits_are_disjoint_by_prompt(task):
     test = {p for p, _ in _draws(task, 300, "test", seed=2)}
     assert train and test and not train & test
     assert all(is_heldout(p, 0.1) for p in test) and not any(is_heldout(p, 0.1) for p in train)
+
+
+def test_heldout_share_is_close_to_the_fraction():
+    prompts = {f"add {a}+{b}" for a in range(10, 100) for b in range(10, 100)}
+    share = sum(is_heldout(p, 0.1) for p in prompts) / len(prompts)
+    assert 0.08 < share < 0.12
 
 
 def test_small_instance_space_is_split_exhaustively():
