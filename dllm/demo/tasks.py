@@ -54,7 +54,8 @@ class Task:
             prompt, answer = self._draw(rng)
             if is_heldout(prompt, heldout_fraction) == want_heldout:
                 return prompt, answer
-        raise RuntimeError(f"task {self.name!r}: no {split} prompt in 10000 draws (heldout_fraction={heldout_fraction})")
+        raise RuntimeError(f"task {self.name!r}: no {split} prompt in 10000 draws "
+                           f"(heldout_fraction={heldout_fraction})")
 
     def max_answer_length(self) -> int:
         """Longest answer in characters, so a sampler can fix its generation length."""

@@ -156,3 +156,22 @@ def test_tiny_llama_batched_matches_one_by_one(char_tokenizer):
     assert all(isinstance(a, str) and len(a) <= 6 for a in batched)
     # Fewer steps (several tokens per step) still fills every position.
     assert len(generate_text(model, char_tokenizer, prompts, replace(config, steps=2))) == 3
+
+
+def test_generate_text_decodes_up_to_the_first_eos(char_tokenizer):
+    """The answer block reads 'o', 'k', EOS, 'z': the text is 'ok', and 'z' after the EOS is dropped."""
+    vocab = char_tokenizer.get_vocab()
+    block = [vocab["o"], vocab["k"], char_tokenizer.eos_token_id, vocab["z"]]
+
+    class Spell(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            logits = torch.zeros(*input_ids.shape, len(char_tokenizer))  # [B, L, V]
+            logits[:, -4:][:, torch.arange(4), block] = 5.0  # right-aligned: the answer block is last
+            return SimpleNamespace(logits=logits)
+
+    answers = generate_text(Spell(), char_tokenizer, ["sort 21", "reverse abc"], DiffusionGenerationConfig(gen_length=4))
+    assert answers == ["ok", "ok"]

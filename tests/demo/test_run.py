@@ -44,7 +44,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
                         "--eval_every_minutes", "0.0001"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"overall exact match: \d+\.\d% \(\d+/12\) in \d+ s", lines[-1]), lines[-1]
-    assert result["steps"] == 6
+    assert result["steps"] == 6 and result["total"] == 12
     assert any("held-out exact match: sort" in line for line in lines)  # the in-training monitor ran
     assert (out / "loss.png").stat().st_size > 0
     model = Llama3ForMaskedLM.from_pretrained(out)
