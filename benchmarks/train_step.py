@@ -6,8 +6,8 @@ Both steps use the same tiny LLaMA weights, batch and optimiser; the only differ
 attention direction. Timings are interleaved (AR, MDLM, AR, MDLM, ...) so drifts in machine load hit both;
 we report medians over repetitions and the time ratio MDLM / AR (goal: <= 1.03).
 
-Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per mode; on CPU, the peak RSS growth of a fresh
-subprocess that runs only that mode (a process's peak RSS cannot be reset).
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` per mode; on CPU, the sampled peak RSS growth of a
+fresh subprocess that runs only that mode (a process's peak RSS cannot be reset).
 
     python benchmarks/train_step.py                      # defaults below, bf16 autocast on CPU
     python benchmarks/train_step.py --dtype float32 --repeats 7
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -129,16 +128,35 @@ def peak_memory_mib(args, mode) -> float:
     return float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
 
 
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def run_only(args):
-    """Memory probe (CPU): peak RSS growth of this process from before the models exist to after three steps of
-    one mode, in MiB (weights of both models, optimiser state, activations; the first two are the same for
-    both modes, so the difference between modes is the objective's)."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Memory probe (CPU): peak resident memory of this process while three steps of one mode run, minus the
+    resident memory before the models were built, in MiB (sampled every millisecond by a thread; weights and
+    optimiser state are the same for both modes, so the difference between modes is the objective's)."""
+    import threading
+
+    before = current_rss_mib()
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], current_rss_mib())
+            time.sleep(0.001)
+
     ar, mdlm, trainer, batch = build(args)
     step = step_fn(args.only, ar, mdlm, trainer, batch, args.dtype)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     for _ in range(3):
         step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+    done.set()
+    sampler.join()
+    print(peak[0] - before)
 
 
 def main(argv=None):
