@@ -5,12 +5,15 @@ a property of the *prompt* (a stable hash puts each prompt in one bucket), so th
 disjoint from every training prompt, whatever the seeds or sample counts, and a model can only score on
 them by learning the rule.
 
-Three of the tasks cannot be solved by copying the prompt in order:
+None of the tasks can be solved by copying the prompt in order:
 
-* ``sort``     ``sort 5391``        -> ``1359``   (digits in ascending order)
-* ``reverse``  ``reverse hello``    -> ``olleh``  (letters in reverse order)
-* ``add``      ``add 47+85``        -> ``231``    (the sum 132, written least-significant digit first, so
-  that each digit depends only on the operand digits at its place plus a carry from the digit before it)
+* ``sort``     ``sort 5391``          -> ``1359``  (digits in ascending order)
+* ``reverse``  ``reverse hello``      -> ``olleh`` (letters in reverse order)
+* ``add``      ``add 47+85``          -> ``231``   (the sum 132, least-significant digit first)
+* ``count``    ``count a in abcab``   -> ``2``     (occurrences of a letter; not in the default mix)
+
+The demo trains on the first three (:func:`default_tasks`): sort 3-6 digits, reverse 3-6 letters, add two
+2-digit numbers.
 """
 
 from __future__ import annotations
