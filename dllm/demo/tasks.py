@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import random
 import string
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -40,13 +41,14 @@ def is_heldout(prompt: str, heldout_fraction: float) -> bool:
 
 
 @dataclass(frozen=True)
-class Task:
-    """A family of (prompt, answer) pairs; subclasses implement ``_draw``."""
+class Task(ABC):
+    """A family of (prompt, answer) pairs; subclasses implement ``_draw`` and ``max_answer_length``."""
 
     name = "task"
 
+    @abstractmethod
     def _draw(self, rng: random.Random) -> tuple[str, str]:
-        raise NotImplementedError
+        """One (prompt, answer) pair from either split."""
 
     def sample(self, rng: random.Random, split: str = "train", heldout_fraction: float = 0.1) -> tuple[str, str]:
         """Draw one pair from ``split`` ("train" or "test") by rejection on the prompt's held-out bucket."""
@@ -60,9 +62,9 @@ class Task:
         raise RuntimeError(f"task {self.name!r}: no {split} prompt in 10000 draws "
                            f"(heldout_fraction={heldout_fraction})")
 
+    @abstractmethod
     def max_answer_length(self) -> int:
         """Longest answer in characters, so a sampler can fix its generation length."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
