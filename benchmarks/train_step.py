@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -33,7 +34,7 @@ from dllm.pipelines.llama3 import Llama3ForMaskedLM
 MASK_ID = 3
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--hidden", type=int, default=256)
@@ -51,7 +52,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def build(args):
+def build(args: argparse.Namespace) -> tuple[LlamaForCausalLM, Llama3ForMaskedLM, MDLMTrainer, dict]:
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,
                          num_key_value_heads=args.heads, max_position_embeddings=args.seq,
@@ -73,13 +74,14 @@ def build(args):
     return ar, mdlm, trainer, batch
 
 
-def step_fn(mode, ar, mdlm, trainer, batch, dtype):
+def step_fn(mode: str, ar: LlamaForCausalLM, mdlm: Llama3ForMaskedLM, trainer: MDLMTrainer, batch: dict,
+            dtype: str) -> Callable[[], None]:
     model = ar if mode == "ar" else mdlm
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     device_type = batch["input_ids"].device.type
     autocast = torch.autocast(device_type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
 
-    def step():
+    def step() -> None:
         with autocast:
             if mode == "ar":
                 loss = model(**batch).loss  # shifted causal CE over all labelled tokens
@@ -92,12 +94,13 @@ def step_fn(mode, ar, mdlm, trainer, batch, dtype):
     return step
 
 
-def sync(device):
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
-def time_modes(args, ar, mdlm, trainer, batch):
+def time_modes(args: argparse.Namespace, ar: LlamaForCausalLM, mdlm: Llama3ForMaskedLM, trainer: MDLMTrainer,
+               batch: dict) -> dict[str, list[float]]:
     steps = {mode: step_fn(mode, ar, mdlm, trainer, batch, args.dtype) for mode in ("ar", "mdlm")}
     for step in steps.values():  # warm-up
         step()
@@ -114,7 +117,7 @@ def time_modes(args, ar, mdlm, trainer, batch):
     return times
 
 
-def peak_memory_mib(args, mode) -> float:
+def peak_memory_mib(args: argparse.Namespace, mode: str) -> float:
     if args.device.startswith("cuda"):
         ar, mdlm, trainer, batch = build(args)
         step = step_fn(mode, ar, mdlm, trainer, batch, args.dtype)
@@ -134,7 +137,7 @@ def current_rss_mib() -> float:
     return int(line.split()[1]) / 1024
 
 
-def run_only(args):
+def run_only(args: argparse.Namespace) -> None:
     """Memory probe (CPU): peak resident memory of this process while three steps of one mode run, minus the
     resident memory before the models were built, in MiB (sampled every millisecond by a thread; weights and
     optimiser state are the same for both modes, so the difference between modes is the objective's)."""
@@ -143,7 +146,7 @@ def run_only(args):
     before = current_rss_mib()
     peak, done = [before], threading.Event()
 
-    def sample():
+    def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], current_rss_mib())
             time.sleep(0.001)
@@ -159,7 +162,7 @@ def run_only(args):
     print(peak[0] - before)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     torch.set_num_threads(torch.get_num_threads())
     if args.only:

@@ -1,7 +1,9 @@
-"""The ``dllm`` command line: ``dllm sft <family> [flags]``, ``dllm demo [flags]``.
+"""The ``dllm`` command line: ``dllm sft [family] [flags]``, ``dllm demo [flags]``, ``dllm sample CKPT ...``,
+``dllm serve CKPT ...``.
 
 Each verb hands its flags to the same ``main()`` the scripts use, so ``dllm sft llama3 --help`` and
-``python examples/llama3/sft.py --help`` print the same options.
+``python examples/llama3/sft.py --help`` print the same options. A :class:`~dllm.errors.UsageError` (a mistake
+in what was asked) prints one line and exits with status 2.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import sys
 USAGE = """usage: dllm <command> [flags]
 
 commands:
-  sft <family> [flags]   masked-diffusion SFT; family: {families} (same flags as examples/<family>/sft.py)
+  sft [family] [flags]   masked-diffusion SFT of any causal LM (--model_name_or_path picks the class from the
+                         checkpoint's model_type); a family ({families}) supplies a default checkpoint
+                         (same flags as examples/<family>/sft.py)
   demo [flags]           offline demo: train a tiny model on synthetic tasks, then answer held-out prompts
   version                print the dllm version
 
@@ -19,10 +23,28 @@ commands:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    from dllm.utils.sft import FAMILIES
+def _sft(rest: list[str]) -> None:
+    from dllm.sft.recipe import main as sft_main
 
+    family = rest[0] if rest and not rest[0].startswith("-") else None
+    sft_main(family, rest[1:] if family is not None else rest)
+
+
+def _demo(rest: list[str]) -> None:
+    from dllm.demo.run import main as demo_main
+
+    demo_main(rest)
+
+
+COMMANDS = {"sft": _sft, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``dllm`` command; returns the process exit status."""
+    from dllm.auto import FAMILIES
+    from dllm.errors import UsageError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     usage = USAGE.format(families=", ".join(sorted(FAMILIES)))
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
@@ -33,21 +55,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    if command == "sft":
-        if not rest or rest[0] not in FAMILIES:
-            print(f"dllm sft: give a family first, one of {sorted(FAMILIES)}\n\n{usage}", file=sys.stderr)
-            return 2
-        from dllm.utils.sft import main as sft_main
-
-        sft_main(rest[0], rest[1:])
-        return 0
-    if command == "demo":
-        from dllm.demo.run import main as demo_main
-
-        demo_main(rest)
-        return 0
-    print(f"dllm: unknown command {command!r}\n\n{usage}", file=sys.stderr)
-    return 2
+    if command not in COMMANDS:
+        print(f"dllm: unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'version'])}",
+              file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[command](rest)
+    except UsageError as err:
+        print(f"dllm {command}: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -30,9 +30,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from dllm.configs import ACCELERATE_CONFIG_DIR, accelerate_config_path, available_accelerate_configs
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
-from dllm.utils.tokenizers import build_char_tokenizer
-from tests.conftest import tiny_llama_config
-from tests.test_sft_scripts import alpaca_fixture, checkpoint_without_mask_token
+from dllm.demo.tokenizer import build_char_tokenizer
+from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, tiny_llama_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "scripts" / "accelerate_configs"

@@ -27,7 +27,7 @@ def test_import_dllm_pulls_no_optional_extra():
 def test_trainer_imports_no_optional_extra_beyond_transformers_own():
     # transformers.trainer itself imports peft when it is installed; dllm must add nothing to that.
     baseline = set(imported_optional("import transformers.trainer"))
-    assert set(imported_optional("import dllm.core.trainers.mdlm_trainer, dllm.utils.sft")) <= baseline
+    assert set(imported_optional("import dllm.core.trainers.mdlm_trainer, dllm.sft.recipe")) <= baseline
 
 
 @pytest.mark.slow

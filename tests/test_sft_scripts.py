@@ -1,6 +1,5 @@
 """The example SFT scripts end to end on a tiny saved checkpoint and a fixture dataset (subprocesses)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,40 +7,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, Gemma2ForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, Gemma2ForCausalLM, LlamaForCausalLM
 
 from dllm.core.models import is_bidirectional
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
-from tests.conftest import tiny_gemma2_config, tiny_llama_config
+from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, tiny_gemma2_config, tiny_llama_config
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def alpaca_fixture(path: Path, n: int = 24) -> Path:
-    rows = [{"instruction": f"Repeat {i}", "input": "" if i % 2 else "twice", "output": f"{i} {i}"} for i in range(n)]
-    path.write_text(json.dumps(rows))
-    return path
-
-
-def checkpoint_without_mask_token(tmp_path, char_tokenizer, causal_cls, config):
-    """A causal checkpoint whose tokenizer has no mask token (like LLaMA 3): the script must add one."""
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=char_tokenizer.backend_tokenizer, bos_token="<|bos|>",
-                                        eos_token="<|eos|>", pad_token="<|pad|>")
-    tokenizer.chat_template = char_tokenizer.chat_template
-    torch.manual_seed(0)
-    path = tmp_path / "base"
-    causal_cls(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path, len(tokenizer)
-
-
-def run_script(script: str, *flags: str) -> subprocess.CompletedProcess:
+def run_script(script: str, *flags: str, returncode: int = 0) -> subprocess.CompletedProcess:
+    """Run ``script`` (a path under the repository, or ``-m module``) with ``flags`` in a fresh interpreter."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, str(ROOT / script), *flags], capture_output=True, text=True,
+    command = script.split() if script.startswith("-m ") else [str(ROOT / script)]
+    result = subprocess.run([sys.executable, *command, *flags], capture_output=True, text=True,
                             env=env, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == returncode, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -71,12 +54,15 @@ def test_sft_script_trains_and_saves_loadable_checkpoint(tmp_path, char_tokenize
     assert tokenizer.mask_token_id is not None and model.config.mask_token_id == tokenizer.mask_token_id
     assert model.get_input_embeddings().weight.shape[0] > tokenizer.mask_token_id  # resized for the new token
     assert is_bidirectional(model)
-    base_model = causal_cls.from_pretrained(base)
-    moved = [not torch.equal(a, b) for (_, a), (_, b) in
-             zip(sorted(base_model.state_dict().items()), sorted(model.state_dict().items())) if a.shape == b.shape]
-    assert any(moved)  # training changed weights (merged LoRA changes attention projections)
-    if lora:
+    before = causal_cls.from_pretrained(base).state_dict()
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name][: before[name].shape[0]])}
+    if lora:  # merged adapters change exactly the targeted projections, every one of them
+        assert changed == {n for n in before if n.endswith(("q_proj.weight", "v_proj.weight"))}
         assert (out / "adapter" / "adapter_config.json").exists()
+    else:  # full fine-tuning moves every tensor
+        assert changed == set(before), sorted(set(before) - changed)
 
 
 def test_sft_script_logs_losses_and_eval(tmp_path, char_tokenizer):
@@ -100,10 +86,47 @@ def test_help(script):
         assert flag in result.stdout, flag
 
 
-def test_cli_dispatches_sft_help():
+def test_cli_dispatches_sft_help(capsys):
     from dllm.cli import main
 
-    assert main(["sft", "nope"]) == 2
     with pytest.raises(SystemExit) as exit_info:
         main(["sft", "llama3", "--help"])
     assert exit_info.value.code == 0
+    assert "--model_name_or_path" in capsys.readouterr().out
+
+
+def test_cli_user_mistakes_print_one_line_and_exit_2():
+    unknown = run_script("-m dllm.cli", "sft", "nope", returncode=2)
+    assert unknown.stderr.strip().splitlines() == [
+        "dllm sft: unknown family 'nope'; choose one of gemma2, llama3, or give --model_name_or_path alone"]
+    missing = run_script("-m dllm.cli", "sft", "--max_steps", "1", returncode=2)
+    assert missing.stderr.strip().splitlines()[-1].startswith("dllm sft: give --model_name_or_path")
+    assert "Traceback" not in missing.stderr
+    verb = run_script("-m dllm.cli", "fly", returncode=2)
+    from dllm.cli import COMMANDS
+
+    assert verb.stderr.strip().splitlines() == [
+        f"dllm: unknown command 'fly'; choose one of {', '.join([*COMMANDS, 'version'])}"]
+    assert {"sft", "demo"} <= set(COMMANDS)
+
+
+def test_dllm_sft_picks_the_class_from_model_type_for_any_causal_lm(tmp_path, char_tokenizer):
+    """A Qwen3 checkpoint (no family of its own) trains through `dllm sft --model_name_or_path` and reloads."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from dllm.auto import AutoModelForMaskedDiffusion
+
+    config = Qwen3Config(vocab_size=len(char_tokenizer) - 1, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    base, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, Qwen3ForCausalLM, config)
+    data = alpaca_fixture(tmp_path / "alpaca.json")
+    out = tmp_path / "out"
+    result = run_script("-m dllm.cli", "sft", "--model_name_or_path", str(base), "--dataset_args",
+                        f"{data}[train:20]", "--output_dir", str(out), *COMMON)
+    assert "'masked_fraction'" in result.stdout + result.stderr
+    model = AutoModelForMaskedDiffusion.from_pretrained(str(out))
+    assert isinstance(model, Qwen3ForCausalLM) and is_bidirectional(model)
+    assert model.config.mask_token_id == AutoTokenizer.from_pretrained(out).mask_token_id
+    before = Qwen3ForCausalLM.from_pretrained(base).state_dict()
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"],
+                           model.state_dict()["model.layers.0.self_attn.q_proj.weight"])

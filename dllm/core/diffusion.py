@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -104,25 +104,29 @@ def masked_diffusion_loss(
     ce[masked] = F.cross_entropy(logits[masked].float(), labels[masked], reduction="none")  # [N]
     per_token = ce * weight.float()[:, None]  # [B, L]
 
-    maskable = labels != IGNORE_INDEX  # [B, L]
+    _check_normalization(normalization)
     if normalization == "token":
         total = per_token.sum()
-        denom = maskable.sum() if num_items is None else num_items
-    elif normalization == "sequence":
-        lengths = maskable.sum(dim=1)  # [B]
+    else:
+        lengths = (labels != IGNORE_INDEX).sum(dim=1)  # [B]
         has_answer = lengths > 0
         total = (per_token.sum(dim=1)[has_answer] / lengths[has_answer]).sum()
-        denom = has_answer.sum() if num_items is None else num_items
-    else:
-        raise ValueError(f"unknown loss normalization {normalization!r}; choose 'token' or 'sequence'")
+    denom = count_loss_items(labels, normalization) if num_items is None else num_items
     # A batch with nothing to predict contributes zero loss (and zero gradient), never NaN.
     denom = torch.as_tensor(denom, device=total.device, dtype=total.dtype).clamp_min(1.0)
     return total / denom
 
 
 def count_loss_items(labels: torch.Tensor, normalization: Normalization) -> torch.Tensor:
-    """The normaliser ``Z`` of :func:`masked_diffusion_loss` for one batch (summed over a window by the trainer)."""
+    """The normaliser ``Z`` of :func:`masked_diffusion_loss` for one batch (summed over a window by the trainer):
+    tokens with a label for ``"token"``, sequences with at least one for ``"sequence"``."""
+    _check_normalization(normalization)
     maskable = labels != IGNORE_INDEX  # [B, L]
     if normalization == "token":
         return maskable.sum()
     return (maskable.sum(dim=1) > 0).sum()
+
+
+def _check_normalization(normalization: str) -> None:
+    if normalization not in get_args(Normalization):
+        raise ValueError(f"unknown loss normalization {normalization!r}; choose one of {get_args(Normalization)}")

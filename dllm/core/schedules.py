@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
+from collections.abc import Callable
 
 import torch
 
@@ -95,17 +97,44 @@ class CosineSchedule(MaskingSchedule):
         return 0.5 * math.pi / torch.tan(0.25 * math.pi * t)
 
 
-SCHEDULES = ("linear", "cosine", "polynomial")
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One named schedule: ``alpha(t)`` as text (for help messages), its builder, and whether it takes a power."""
+
+    formula: str
+    build: Callable[..., MaskingSchedule]
+    takes_power: bool = False
 
 
-def make_schedule(name: str, power: float = 1.0) -> MaskingSchedule:
-    """Build a schedule by name: ``linear``, ``cosine`` or ``polynomial`` (with ``power``; ``sqrt`` = 0.5)."""
-    if name == "linear":
-        return LinearSchedule()
-    if name == "cosine":
-        return CosineSchedule()
-    if name == "polynomial":
-        return PolynomialSchedule(power=power)
-    if name == "sqrt":
-        return PolynomialSchedule(power=0.5)
-    raise ValueError(f"unknown masking schedule {name!r}; choose one of {SCHEDULES + ('sqrt',)}")
+# The one list of schedule names: make_schedule, its error message and MDLMConfig.schedule's choices and help
+# all read it.
+SCHEDULES: dict[str, ScheduleSpec] = {
+    "linear": ScheduleSpec("1 - t (MDLM, LLaDA)", LinearSchedule),
+    "cosine": ScheduleSpec("cos(pi t / 2)", CosineSchedule),
+    "polynomial": ScheduleSpec("1 - t^power (schedule_power, default 1)", PolynomialSchedule, takes_power=True),
+    "sqrt": ScheduleSpec("1 - t^0.5", partial(PolynomialSchedule, 0.5)),
+}
+
+
+def describe_schedules() -> str:
+    """``name: alpha(t) = formula`` for every schedule, for help texts."""
+    return "; ".join(f"{name}: alpha(t) = {spec.formula}" for name, spec in SCHEDULES.items())
+
+
+def make_schedule(name: str, power: float | None = None) -> MaskingSchedule:
+    """Build a schedule by name (a key of :data:`SCHEDULES`); ``power`` only for those that take one.
+
+    Raises:
+        ValueError: unknown name, a ``power`` for a schedule without one, or ``power <= 0``.
+    """
+    spec = SCHEDULES.get(name)
+    if spec is None:
+        raise ValueError(f"unknown masking schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    if power is None:
+        return spec.build()
+    if not spec.takes_power:
+        powered = ", ".join(n for n, s in SCHEDULES.items() if s.takes_power)
+        raise ValueError(f"schedule_power={power} was given with schedule {name!r}, which has no power "
+                         f"(alpha(t) = {spec.formula}); it applies to: {powered}. Drop schedule_power or "
+                         "choose that schedule.")
+    return spec.build(power)

@@ -9,6 +9,7 @@ Every dataset is converted to the OpenAI message format ``{"messages": [{"role",
 
 from dllm.data.alpaca import ALPACA_FORMAT, ALPACA_HUB_ID, alpaca_to_messages
 from dllm.data.collator import IGNORE_INDEX, ChatTemplateError, SFTDataCollator, assistant_spans, tokenize_messages
+from dllm.data.loading import NAMED_FORMATS, load_sft_dataset, load_source_splits
 from dllm.data.messages import (
     ALLOWED_ROLES,
     MESSAGES_FORMAT,
@@ -17,13 +18,7 @@ from dllm.data.messages import (
     convert_rows,
     validate_messages,
 )
-from dllm.data.utils import (
-    NAMED_FORMATS,
-    DatasetSource,
-    load_sft_dataset,
-    load_source_splits,
-    parse_dataset_spec,
-)
+from dllm.data.spec import DatasetSource, parse_dataset_spec
 
 __all__ = [
     "ALLOWED_ROLES",

@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
+from dllm.core.diffusion import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
 class ChatTemplateError(ValueError):
@@ -158,7 +158,10 @@ class SFTDataCollator:
             return {"input_ids": input_ids, "labels": labels}
         if "messages" in row:
             return tokenize_messages(self.tokenizer, row["messages"], self.mask_prompt_loss)
-        raise ValueError(f"batch row {position}: expected 'messages' or 'input_ids'+'labels', got keys {sorted(row)}")
+        hint = ("; Trainer dropped the dataset's columns: set remove_unused_columns=False so they reach the collator"
+                if not row else "")
+        raise ValueError(f"batch row {position}: expected 'messages' or 'input_ids'+'labels', got keys {sorted(row)}"
+                         + hint)
 
     def _truncate(self, tokens: dict[str, list[int]]) -> tuple[dict[str, list[int]], bool]:
         """Keep the first ``max_seq_length`` tokens; returns the row and whether it was cut."""

@@ -78,6 +78,11 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def not_an_object_error(row: Any, *, source: str, index: int) -> DataValidationError:
+    """The error for a row that is not an object (a JSON list, string, number...)."""
+    return DataValidationError(source, index, "not an object", f"expected an object, got {_type_name(row)}")
+
+
 def validate_message(message: Any, position: int, *, source: str, index: int) -> Message:
     """Check one message and return it reduced to ``{"role", "content"}``.
 
@@ -180,7 +185,7 @@ def convert_rows(
         result.total += 1
         try:
             if not isinstance(row, Mapping):
-                raise DataValidationError(source, index, "not an object", f"expected an object, got {_type_name(row)}")
+                raise not_an_object_error(row, source=source, index=index)
             messages = convert(row, source, index)
         except DataValidationError as err:
             if not skip_invalid:

@@ -1,4 +1,2 @@
-"""Model families. Each registers its masked-LM class with :func:`dllm.core.models.register_masked_lm`."""
-
-import dllm.pipelines.gemma2  # noqa: F401
-import dllm.pipelines.llama3  # noqa: F401
+"""Model families: what differs for one family (wrapper, collator, trainer hook). Leaves: nothing in ``dllm``
+imports a pipeline except :mod:`dllm.auto`, whose table maps a checkpoint's ``model_type`` to its class."""

@@ -13,12 +13,12 @@ Slurm, 2 nodes x 8 GPUs:
 
 Local data and a quick check:
     python examples/llama3/sft.py --model_name_or_path /path/to/llama3 \
-        --dataset_args "../shared/data/alpaca/alpaca_en_demo.json[train:900,test:99]" --max_steps 10
+        --dataset_args "examples/data/alpaca_example.json[train:30,test:5]" --max_steps 10
 
 Every flag: python examples/llama3/sft.py --help  (the same as `dllm sft llama3 --help`).
 """
 
-from dllm.utils.sft import main
+from dllm.sft.recipe import main
 
 if __name__ == "__main__":
     main("llama3")

@@ -97,6 +97,14 @@ def test_accumulated_halves_equal_full_batch(normalization):
     assert torch.allclose(full, halves, rtol=1e-6)
 
 
+def test_count_loss_items_is_the_default_normaliser():
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, -100, -100], [1, 2, 3, 4]])
+    assert count_loss_items(labels, "token").item() == 6
+    assert count_loss_items(labels, "sequence").item() == 2  # the all-ignored row counts for nothing
+    with pytest.raises(ValueError, match="unknown loss normalization 'bogus'"):
+        count_loss_items(labels, "bogus")
+
+
 def test_no_answer_tokens_gives_zero_not_nan():
     labels = torch.full((2, 3), -100)
     masked = torch.zeros(2, 3, dtype=torch.bool)

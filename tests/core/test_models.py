@@ -3,10 +3,11 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, Gemma2ForCausalLM, LlamaForCausalLM
 from transformers.modeling_outputs import MaskedLMOutput
 
-from dllm.core.models import add_mask_token, check_mask_token_id, is_bidirectional, load_masked_lm
+from dllm.auto import AutoModelForMaskedDiffusion
+from dllm.core.models import add_mask_token, check_mask_token_id, is_bidirectional
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
-from tests.conftest import tiny_gemma2_config, tiny_llama_config
+from tests.helpers import tiny_gemma2_config, tiny_llama_config
 
 FAMILIES = {
     "llama3-eager": (Llama3ForMaskedLM, LlamaForCausalLM, lambda: tiny_llama_config(), "eager"),
@@ -135,7 +136,7 @@ def test_adds_mask_token_resizes_and_round_trips(tmp_path, char_tokenizer):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     reloaded_tok = AutoTokenizer.from_pretrained(path)
-    reloaded = load_masked_lm(str(path))
+    reloaded = AutoModelForMaskedDiffusion.from_pretrained(str(path))
     assert reloaded_tok.mask_token_id == mask_id
     assert AutoConfig.from_pretrained(path).mask_token_id == mask_id
     assert AutoConfig.from_pretrained(path).is_causal is False
@@ -151,22 +152,3 @@ def test_mask_id_outside_embeddings_is_refused():
         check_mask_token_id(model, 20)
     with pytest.raises(ValueError, match="not a row"):
         check_mask_token_id(model, None)
-
-
-def test_load_masked_lm_generic_family(tmp_path):
-    """A family without its own class (Qwen2 here) gets a generated bidirectional subclass."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    path = saved_causal(tmp_path, Qwen2ForCausalLM, config)
-    model = load_masked_lm(str(path)).eval()
-    assert isinstance(model, Qwen2ForCausalLM) and is_bidirectional(model)
-    ids = torch.randint(0, 64, (1, 6))
-    changed = ids.clone()
-    changed[0, -1] = (ids[0, -1] + 1) % 64
-    with torch.no_grad():
-        assert (model(ids).logits[0, 0] - model(changed).logits[0, 0]).abs().max() > 1e-4
-    assert load_masked_lm.__module__ == "dllm.core.models.masked_lm"
-    assert type(load_masked_lm(str(saved_causal(tmp_path / "l", LlamaForCausalLM, tiny_llama_config())))) is \
-        Llama3ForMaskedLM

@@ -1,14 +1,16 @@
 import math
+import warnings
 from dataclasses import fields
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import TrainingArguments, default_data_collator
+from transformers import HfArgumentParser, TrainingArguments, default_data_collator
 
+from dllm.core.schedules import SCHEDULES
 from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
-from tests.conftest import tiny_llama_config
+from tests.helpers import tiny_llama_config
 
 MASK_ID = 4
 VOCAB = 32
@@ -88,21 +90,27 @@ def test_lora_trains_adapters_only(tmp_path):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    assert {n for n in trainable if "lora_B" in n} <= changed  # B starts at zero, must move
-    assert changed <= trainable  # the frozen base never moves
+    assert {n for n in trainable if "lora_A" in n} and {n for n in trainable if "lora_B" in n}
+    assert changed == trainable  # every adapter tensor moved (A too, once B left zero); the frozen base never
 
 
+@pytest.mark.parametrize("accepts_loss_kwargs", [True, False])
 @pytest.mark.parametrize("normalization", ["token", "sequence"])
-def test_gradient_accumulation_matches_full_batch(tmp_path, normalization):
-    """Batch 8 equals 4 x accumulation 2. time_eps=1 makes t=1: every answer token masked, weight 1."""
+def test_gradient_accumulation_matches_full_batch(tmp_path, normalization, accepts_loss_kwargs):
+    """Batch 8 equals 4 x accumulation 2. time_eps=1 makes t=1: every answer token masked, weight 1.
+
+    Also when Trainer thinks the model takes no loss kwargs (its model_accepts_loss_kwargs is then False): the
+    trainer's own count and loss_is_scaled_for_ga do not depend on it."""
     data = copy_task_dataset(8)
     results = []
     for batch, accumulation in [(8, 1), (4, 2)]:
         model = tiny_model(seed=1)
+        model.accepts_loss_kwargs = accepts_loss_kwargs  # what Trainer reads first (trainer.py, __init__)
         args = config(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
                       max_steps=1, optim="sgd", learning_rate=1.0, max_grad_norm=0.0, time_eps=1.0,
                       loss_normalization=normalization)
         trainer = MDLMTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
+        assert trainer.model_accepts_loss_kwargs is accepts_loss_kwargs
         trainer.train()
         results.append({n: p.detach().clone() for n, p in model.named_parameters()})
         assert trainer.state.log_history[-1]["train_loss"] > 0
@@ -112,12 +120,65 @@ def test_gradient_accumulation_matches_full_batch(tmp_path, normalization):
         assert torch.allclose(full, results[1][name], atol=1e-6), name
 
 
-def test_plain_training_arguments_are_accepted(tmp_path):
+def test_plain_training_arguments_are_accepted_and_keep_their_values(tmp_path):
+    """TrainingArguments' remove_unused_columns=True is kept, not overwritten, with a warning."""
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, use_cpu=True, report_to="none")
-    trainer = MDLMTrainer(model=tiny_model(), args=args, train_dataset=copy_task_dataset(8),
-                          data_collator=default_data_collator)
+    with pytest.warns(UserWarning, match="remove_unused_columns=True.*SFTDataCollator"):
+        trainer = MDLMTrainer(model=tiny_model(), args=args, train_dataset=copy_task_dataset(8),
+                              data_collator=default_data_collator)
     assert isinstance(trainer.args, MDLMConfig) and trainer.args.max_steps == 1
-    assert trainer.args.schedule == "linear" and trainer.args.remove_unused_columns is False
+    assert trainer.args.schedule == "linear" and trainer.args.remove_unused_columns is True
+    trainer.train()  # pre-tokenized columns are forward arguments: nothing the collator needs is dropped
+
+
+def test_remove_unused_columns_true_warns_and_is_kept(tmp_path):
+    with pytest.warns(UserWarning, match="remove_unused_columns=True") as record:
+        args = MDLMConfig(output_dir=str(tmp_path), remove_unused_columns=True)
+    assert args.remove_unused_columns is True
+    assert "raw columns" in str(record[0].message) and "remove_unused_columns=False" in str(record[0].message)
+    with warnings.catch_warnings(record=True) as default_record:
+        warnings.simplefilter("always")
+        assert MDLMConfig(output_dir=str(tmp_path)).remove_unused_columns is False
+    assert not [w for w in default_record if "remove_unused_columns" in str(w.message)]
+
+
+@pytest.mark.parametrize("schedule", [name for name in SCHEDULES if name != "polynomial"])
+def test_schedule_power_with_a_schedule_without_power_is_an_error(tmp_path, schedule):
+    with pytest.raises(ValueError, match=f"schedule_power=2.0 was given with schedule '{schedule}'.*polynomial"):
+        MDLMConfig(output_dir=str(tmp_path), schedule=schedule, schedule_power=2.0)
+    assert MDLMConfig(output_dir=str(tmp_path), schedule="polynomial", schedule_power=2.0).schedule_power == 2.0
+    assert MDLMConfig(output_dir=str(tmp_path), schedule=schedule).schedule_power is None
+
+
+def test_command_line_lists_the_schedules_and_rejects_others(tmp_path, capsys):
+    parser = HfArgumentParser(MDLMConfig)
+    assert "--schedule {" + ",".join(SCHEDULES) + "}" in parser.format_help()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--schedule", "quadratic"])
+    assert exit_info.value.code == 2
+    assert "argument --schedule: invalid choice: 'quadratic'" in capsys.readouterr().err
+    (args,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--schedule", "sqrt"])
+    assert args.schedule == "sqrt"
+
+
+def test_time_eps_outside_the_unit_interval_is_an_error(tmp_path):
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="time_eps must be in \\[0, 1\\]"):
+            MDLMConfig(output_dir=str(tmp_path), time_eps=bad)
+
+
+def test_masked_fraction_is_summed_on_device_and_averaged_at_log(tmp_path):
+    """Micro-batches with 1/4 and 3/4 of their answer tokens masked log 1/2; nothing is read per step."""
+    trainer = MDLMTrainer(model=tiny_model(), args=config(tmp_path), data_collator=default_data_collator)
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    for masked_count in (1, 3):
+        masked = torch.arange(4)[None] < masked_count  # [1, 4]
+        trainer._record_metrics(True, masked, labels)
+    assert isinstance(trainer._metric_sums["train"]["masked_fraction"], torch.Tensor)  # no host float yet
+    trainer.log({"loss": 1.0})
+    assert trainer.state.log_history[-1]["masked_fraction"] == pytest.approx(0.5)
+    trainer.log({"loss": 1.0})  # nothing recorded since: no stale value
+    assert "masked_fraction" not in trainer.state.log_history[-1]
 
 
 def test_missing_mask_token_is_a_clear_error(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from dllm.data import IGNORE_INDEX, ChatTemplateError, SFTDataCollator, tokenize_messages
-from dllm.utils.tokenizers import build_char_tokenizer
+from dllm.demo.tokenizer import build_char_tokenizer
 
 EOS = "<|eos|>"
 PROMPT_PREFIX = "<|bos|><|user|>"
@@ -176,3 +176,9 @@ def test_bad_rows_are_named(tok) -> None:
     expected = r"batch row 0: expected 'messages' or 'input_ids'\+'labels', got keys \['text'\]"
     with pytest.raises(ValueError, match=expected):
         collator([{"text": "hi"}])
+
+
+def test_rows_emptied_by_remove_unused_columns_get_a_hint(char_tokenizer):
+    with pytest.raises(ValueError, match=r"batch row 0: .*got keys \[\]; Trainer dropped the dataset's columns: "
+                                         r"set remove_unused_columns=False"):
+        SFTDataCollator(char_tokenizer)([{}])

@@ -60,7 +60,6 @@ def test_malformed_message_row_names_source_index_and_problem(tmp_path, bad, pro
         load_sft_dataset(str(path))
     assert str(info.value) == f"{path} row 2: {detail}"
     assert (info.value.source, info.value.index, info.value.problem) == (str(path), 2, problem)
-    assert isinstance(info.value, ValueError)
 
 
 @pytest.mark.parametrize(("bad", "problem", "detail"), ALPACA_CASES, ids=[c[2] for c in ALPACA_CASES])
@@ -78,8 +77,18 @@ def test_error_index_is_source_row_even_when_subsampling(tmp_path) -> None:
     """Validation runs on the whole source before the split, so the index is the file's row index."""
     rows = [GOOD] * 30 + [{"messages": [USER, {"role": "assistant", "content": 1}]}]
     path = _write_jsonl(tmp_path / "chat.jsonl", rows)
-    with pytest.raises(DataValidationError, match=r"chat\.jsonl row 30: messages\[1\]\.content must be a string"):
+    with pytest.raises(ValueError) as info:  # callers may catch the documented ValueError
         load_sft_dataset(f"{path}[train:5,test:2]")
+    assert type(info.value) is DataValidationError
+    assert str(info.value) == f"{path} row 30: messages[1].content must be a string, got int"
+
+
+def test_null_row_reads_as_a_row_without_fields(tmp_path) -> None:
+    """datasets reads a JSON ``null`` row as a row whose every column is null."""
+    path = _write_jsonl(tmp_path / "chat.jsonl", [GOOD, None, GOOD])
+    with pytest.raises(DataValidationError) as info:
+        load_sft_dataset(str(path))
+    assert str(info.value) == f"{path} row 1: 'messages' is missing"
 
 
 def test_skip_invalid_drops_counts_and_logs_once(tmp_path, caplog) -> None:
@@ -90,14 +99,28 @@ def test_skip_invalid_drops_counts_and_logs_once(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="dllm.data"):
         dataset = load_sft_dataset(str(path), skip_invalid=True)
     assert len(dataset["train"]) == 3
-    records = [r for r in caplog.records if r.name.startswith("dllm.data") and r.levelno == logging.WARNING]
-    assert len(records) == 1
-    message = records[0].getMessage()
-    assert str(path) in message
-    assert "skipped 3 of 6 rows" in message
-    assert "unknown role: 2" in message
-    assert "non-string content: 1" in message
-    assert f"{path} row 1: messages[0].role" in message  # first example of each problem
+    assert [row["messages"] for row in dataset["train"]] == [GOOD["messages"]] * 3
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dllm.") and r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"{path}: skipped 3 of 6 rows as invalid (unknown role: 2, non-string content: 1). First of each: "
+        f"{path} row 1: messages[0].role must be one of system, user, assistant, got 'bot'; "
+        f"{path} row 3: messages[1].content must be a string, got NoneType"
+    ]
+
+
+def test_skip_invalid_skips_a_row_whose_field_has_another_type(tmp_path, caplog) -> None:
+    rows = [{"instruction": f"Do {i}", "input": "", "output": "ok"} for i in range(4)]
+    rows[2]["output"] = ["not", "a", "string"]
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="dllm.data"):
+        dataset = load_sft_dataset(str(path), skip_invalid=True)
+    assert [row["messages"][0]["content"] for row in dataset["train"]] == ["Do 0", "Do 1", "Do 3"]
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("dllm.") and r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"{path}: skipped 1 of 4 rows as invalid (non-string field: 1). First of each: "
+        f"{path} row 2: 'output' must be a string, got list"
+    ]
 
 
 def test_skip_invalid_with_every_row_bad_raises(tmp_path) -> None:

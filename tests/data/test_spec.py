@@ -15,6 +15,7 @@ from dllm.data import DatasetSource, parse_dataset_spec
         ("a.jsonl[test:5]", [DatasetSource("a.jsonl", test=5)]),
         ("a.json[train:100,test:10]", [DatasetSource("a.json", train=100, test=10)]),
         ("a.json[ test : 10 , train:100 ]", [DatasetSource("a.json", train=100, test=10)]),
+        ("  my data/a b.json [train:1]  ", [DatasetSource("my data/a b.json", train=1)]),
         (
             "a.json[train:100]+b.jsonl[train:50,test:5] + org/hub",
             [DatasetSource("a.json", 100, None), DatasetSource("b.jsonl", 50, 5), DatasetSource("org/hub")],

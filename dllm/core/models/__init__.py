@@ -7,9 +7,7 @@ from dllm.core.models.masked_lm import (
     check_mask_token_id,
     disable_causal_attention,
     is_bidirectional,
-    load_masked_lm,
     masked_lm_class,
-    register_masked_lm,
     set_bidirectional,
     text_config,
 )
@@ -21,9 +19,7 @@ __all__ = [
     "check_mask_token_id",
     "disable_causal_attention",
     "is_bidirectional",
-    "load_masked_lm",
     "masked_lm_class",
-    "register_masked_lm",
     "set_bidirectional",
     "text_config",
 ]

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import MaskedLMOutput
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from dllm.core.diffusion import IGNORE_INDEX
 
@@ -83,35 +82,6 @@ def masked_lm_class(causal_cls: type[PreTrainedModel]) -> type[PreTrainedModel]:
         name = causal_cls.__name__.replace("ForCausalLM", "") + "ForMaskedDiffusionLM"
         _MASKED_LM_CLASSES[causal_cls] = type(name, (BidirectionalMaskedLMMixin, causal_cls), {})
     return _MASKED_LM_CLASSES[causal_cls]
-
-
-_FAMILY_CLASSES: dict[str, type[PreTrainedModel]] = {}
-
-
-def register_masked_lm(model_type: str, cls: type[PreTrainedModel]) -> None:
-    """Let :func:`load_masked_lm` use a family's own class (e.g. Gemma 2's eager-attention default)."""
-    _FAMILY_CLASSES[model_type] = cls
-
-
-def load_masked_lm(name_or_path: str, **kwargs) -> PreTrainedModel:
-    """Load any decoder checkpoint (hub id or local path) as a bidirectional masked LM.
-
-    Families with their own class (LLaMA 3, Gemma 2) use it; any other causal LM known to transformers gets a
-    generated subclass. ``kwargs`` go to ``from_pretrained`` (``torch_dtype``, ``attn_implementation``, ...).
-    """
-    # Importing the pipelines registers their classes; core only reads the registry (no import cycle).
-    import dllm.pipelines  # noqa: F401
-
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=kwargs.get("trust_remote_code", False))
-    cls = _FAMILY_CLASSES.get(config.model_type)
-    if cls is None:
-        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-            raise ValueError(
-                f"{name_or_path}: model_type {config.model_type!r} has no causal-LM class in transformers, "
-                "so it cannot be loaded as a masked diffusion LM"
-            )
-        cls = masked_lm_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
-    return cls.from_pretrained(name_or_path, **kwargs)
 
 
 def add_mask_token(

@@ -8,29 +8,37 @@ checkpointing, logging — is ``transformers.Trainer``'s.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
 from transformers import Trainer, TrainingArguments
 
-from dllm.core.diffusion import count_loss_items, mask_tokens, masked_diffusion_loss, sample_t
+from dllm.core.diffusion import (
+    IGNORE_INDEX,
+    Normalization,
+    count_loss_items,
+    mask_tokens,
+    masked_diffusion_loss,
+    sample_t,
+)
 from dllm.core.models.masked_lm import check_mask_token_id, text_config
-from dllm.core.schedules import make_schedule
+from dllm.core.schedules import SCHEDULES, describe_schedules, make_schedule
 
 
 @dataclass
 class MDLMConfig(TrainingArguments):
     """``TrainingArguments`` plus the diffusion options; every ``TrainingArguments`` flag keeps its name."""
 
-    schedule: Literal["linear", "cosine", "polynomial", "sqrt"] = field(
+    schedule: str = field(
         default="linear",
-        metadata={"help": "Masking schedule alpha(t): linear 1-t (MDLM/LLaDA), cosine cos(pi t/2), "
-                  "polynomial 1-t^power, sqrt 1-t^0.5."},
+        metadata={"help": f"Masking schedule. {describe_schedules()}.", "choices": list(SCHEDULES)},
     )
-    schedule_power: float = field(
-        default=1.0, metadata={"help": "Exponent of the polynomial schedule alpha(t) = 1 - t^power."}
+    schedule_power: float | None = field(
+        default=None,
+        metadata={"help": "Exponent of the polynomial schedule alpha(t) = 1 - t^power (default 1); an error with "
+                  "any other schedule."},
     )
     time_sampler: Literal["antithetic", "uniform"] = field(
         default="antithetic",
@@ -46,7 +54,7 @@ class MDLMConfig(TrainingArguments):
                   "(1/t for linear), the MDLM bound; 'uniform': weight 1, the plain masked-LM loss (not a "
                   "bound; lower variance, often faster on short answers). Evaluation always uses 'elbo'."},
     )
-    loss_normalization: Literal["token", "sequence"] = field(
+    loss_normalization: Normalization = field(
         default="token",
         metadata={"help": "'token': divide the weighted masked cross-entropy by the number of answer tokens "
                   "(unbiased per-token ELBO); 'sequence': by each example's answer length, then average "
@@ -54,17 +62,28 @@ class MDLMConfig(TrainingArguments):
     )
     # Rows reach the collator untouched (messages, images); the collator tokenises them.
     remove_unused_columns: bool = field(
-        default=False, metadata={"help": "Keep dataset columns for the collator (dllm collators need them)."}
+        default=False,
+        metadata={"help": "Drop dataset columns the model's forward does not take before collation. Keep False "
+                  "for dllm's collators, which read the raw columns (messages)."},
     )
     # Evaluation reports the ELBO, not logits: gathering [B, L, V] logits would only cost memory.
     prediction_loss_only: bool = field(
         default=True, metadata={"help": "Evaluate the loss (ELBO NLL per token) only."}
     )
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.time_eps <= 1.0:
             raise ValueError(f"time_eps must be in [0, 1], got {self.time_eps}")
+        make_schedule(self.schedule, self.schedule_power)  # raises on a power the schedule does not take
+        if self.remove_unused_columns:
+            warnings.warn(
+                "remove_unused_columns=True: Trainer will drop every dataset column the model's forward does not "
+                "take (e.g. 'messages') before the collator sees it. dllm's SFTDataCollator reads those raw "
+                "columns and then fails; set remove_unused_columns=False unless the dataset is already tokenized.",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def as_mdlm_config(args: TrainingArguments | None) -> MDLMConfig:
@@ -73,9 +92,9 @@ def as_mdlm_config(args: TrainingArguments | None) -> MDLMConfig:
         return MDLMConfig(output_dir="outputs/mdlm")
     if isinstance(args, MDLMConfig):
         return args
+    # Every value is kept, remove_unused_columns too (TrainingArguments' default is True): MDLMConfig warns when
+    # it is True, since Trainer then drops the raw columns dllm's collators read.
     values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
-    # TrainingArguments' default (True) would drop the raw columns the dllm collators read.
-    values["remove_unused_columns"] = False
     return MDLMConfig(**values)
 
 
@@ -95,7 +114,13 @@ class MDLMTrainer(Trainer):
     token-normalised whatever ``loss_normalization`` is.
     """
 
-    # compute_loss normalises by the count over the whole accumulation window: Trainer must not divide again.
+    # compute_loss normalises by the count over the whole accumulation window, so Trainer must not divide by the
+    # number of accumulation steps again. Read in Trainer.training_step (transformers 5.24, trainer.py):
+    #     if self.loss_is_scaled_for_ga is not None:
+    #         loss_is_scaled_for_ga = self.loss_is_scaled_for_ga
+    # Trainer's own model_accepts_loss_kwargs and _loss_shifts_labels are left as Trainer sets them: they are read
+    # only in Trainer.compute_loss, Trainer._get_num_items_in_batch (both overridden here) and in the fallback of
+    # that same training_step test, which this flag bypasses.
     loss_is_scaled_for_ga = True
 
     def __init__(self, model=None, args: TrainingArguments | None = None, *, mask_token_id: int | None = None,
@@ -104,11 +129,10 @@ class MDLMTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.schedule = make_schedule(args.schedule, args.schedule_power)
         self.mask_token_id = self._resolve_mask_token_id(mask_token_id)
-        # Make Trainer count label items per accumulation window and pass them to compute_loss ...
-        self.model_accepts_loss_kwargs = True
-        # ... over every label: the diffusion loss does not shift labels like a causal LM does.
-        self._loss_shifts_labels = False
-        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # Per mode: the sum over micro-batches of each diffusion metric, kept on the device, and how many were
+        # added. log() reads them (one host sync per log, not per step).
+        self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
+        self._metric_counts: dict[str, int] = {"train": 0, "eval": 0}
 
     # ---- the family hook -------------------------------------------------------------------------
     def _preprocess_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +144,8 @@ class MDLMTrainer(Trainer):
         return inputs
 
     # ---- the loss --------------------------------------------------------------------------------
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor | tuple[torch.Tensor, Any]:
         """MDLM negative ELBO of one micro-batch (see :mod:`dllm.core.diffusion`)."""
         args: MDLMConfig = self.args
         training = model.training
@@ -160,6 +185,9 @@ class MDLMTrainer(Trainer):
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """Normaliser of the loss over a gradient-accumulation window (and all processes).
 
+        Replaces Trainer's count, which counts only when the model's forward takes ``**kwargs`` and skips label
+        position 0 for causal-LM losses; the diffusion loss uses every label and may count sequences.
+
         Tokens with a label for ``loss_normalization="token"``, sequences with at least one for ``"sequence"``.
         """
         counts = [count_loss_items(batch["labels"], self.args.loss_normalization)
@@ -185,17 +213,20 @@ class MDLMTrainer(Trainer):
         return check_mask_token_id(base, mask_token_id)
 
     def _record_metrics(self, training: bool, masked: torch.Tensor, labels: torch.Tensor) -> None:
-        maskable = (labels != -100).sum().clamp_min(1)
-        self._metrics["train" if training else "eval"]["masked_fraction"].append(
-            (masked.sum() / maskable).item()
-        )
+        """Add this micro-batch's masked fraction (masked / maskable tokens) to the running sum, on the device."""
+        mode = "train" if training else "eval"
+        maskable = (labels != IGNORE_INDEX).sum().clamp_min(1)
+        fraction = (masked.sum() / maskable).detach()
+        sums = self._metric_sums[mode]
+        sums["masked_fraction"] = sums["masked_fraction"] + fraction if "masked_fraction" in sums else fraction
+        self._metric_counts[mode] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the averaged diffusion metrics recorded since the last log to Trainer's logs."""
         mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         prefix = "eval_" if mode == "eval" else ""
-        for key, values in self._metrics[mode].items():
-            if values:
-                logs[prefix + key] = sum(values) / len(values)
-        self._metrics[mode].clear()
+        count = self._metric_counts[mode]
+        for key, total in self._metric_sums[mode].items():
+            logs[prefix + key] = (total / count).item()  # the only host sync for these metrics
+        self._metric_sums[mode], self._metric_counts[mode] = {}, 0
         super().log(logs, start_time)

@@ -1,8 +1,5 @@
 """LLaMA 3 pipeline: the bidirectional masked-LM wrapper (training uses the core MDLMTrainer unchanged)."""
 
-from dllm.core.models import register_masked_lm
 from dllm.pipelines.llama3.models import Llama3ForMaskedLM
-
-register_masked_lm("llama", Llama3ForMaskedLM)
 
 __all__ = ["Llama3ForMaskedLM"]

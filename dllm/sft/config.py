@@ -1,8 +1,9 @@
 """Typed options of the SFT scripts, parsed by ``transformers.HfArgumentParser``.
 
-Per-family defaults come from subclassing (``Llama3ModelArguments`` sets the model id), never from string
-mini-languages. Training flags are :class:`~dllm.core.trainers.mdlm_trainer.MDLMConfig`'s, i.e. every
-``TrainingArguments`` flag under its usual name plus the diffusion options.
+Family defaults (hub id, attention implementation) live once, in :data:`dllm.auto.FAMILIES` and the family's
+class; the options here only carry what the user chose. Training flags are
+:class:`~dllm.core.trainers.mdlm_trainer.MDLMConfig`'s: every ``TrainingArguments`` flag under its usual name
+plus the diffusion options.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from dllm.core.trainers.mdlm_trainer import MDLMConfig
 class ModelArguments:
     """Which checkpoint to start from, and how to adapt it."""
 
-    model_name_or_path: str = field(
-        default="meta-llama/Meta-Llama-3-8B-Instruct",
-        metadata={"help": "Hub id or local path of the causal checkpoint to turn into a masked diffusion LM."},
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local path of the causal checkpoint to turn into a masked diffusion LM; its "
+                  "config's model_type picks the class (LLaMA 3, Gemma 2, or any causal LM in transformers). "
+                  "Default: the family's checkpoint when a family is named (dllm sft llama3, "
+                  "examples/llama3/sft.py)."},
     )
     dtype: str = field(
         default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."}
@@ -42,27 +46,13 @@ class ModelArguments:
 
 
 @dataclass
-class Llama3ModelArguments(ModelArguments):
-    model_name_or_path: str = field(
-        default="meta-llama/Meta-Llama-3-8B-Instruct", metadata={"help": "LLaMA 3 hub id or local path."}
-    )
-
-
-@dataclass
-class Gemma2ModelArguments(ModelArguments):
-    model_name_or_path: str = field(default="google/gemma-2-2b-it", metadata={"help": "Gemma 2 hub id or local path."})
-    attn_implementation: str | None = field(
-        default="eager", metadata={"help": "Gemma 2 needs eager attention for its logit softcapping."}
-    )
-
-
-@dataclass
 class DataArguments:
     """Which data, and how it becomes token batches."""
 
     dataset_args: str = field(
         default="tatsu-lab/alpaca",
-        metadata={"help": "Dataset spec: name_or_path[train:N,test:M], '+' mixes sources "
+        metadata={"help": "Dataset spec: name_or_path[train:N,test:M], '+' mixes sources, e.g. "
+                  "examples/data/alpaca_example.json[train:30,test:5] "
                   "(hub ids, local JSON/JSONL/Parquet files or folders)."},
     )
     max_seq_length: int = field(default=1024, metadata={"help": "Longest tokenised row; longer answers are cut."})

@@ -1,69 +1,78 @@
-"""The supervised fine-tuning recipe shared by ``examples/<family>/sft.py`` and ``dllm sft <family>``.
+"""The supervised fine-tuning recipe behind ``examples/<family>/sft.py`` and ``dllm sft [family]``.
 
-Steps: parse options, load tokenizer and bidirectional model, give it a mask token, optionally wrap it in
-LoRA, load and validate the data, build the collator, train with :class:`MDLMTrainer`, save a checkpoint
-that ``<Family>ForMaskedLM.from_pretrained`` (and ``AutoTokenizer``) load back.
+Steps: parse options, load the tokenizer and the bidirectional model (the class is picked from the checkpoint's
+``model_type`` by :class:`dllm.auto.AutoModelForMaskedDiffusion`), give it a mask token, optionally wrap it in
+LoRA, load and validate the data, build the collator, train with :class:`MDLMTrainer`, and save a checkpoint
+that ``AutoModelForMaskedDiffusion.from_pretrained`` (and ``AutoTokenizer``) load back.
+
+A family name (``llama3``, ``gemma2``) only supplies the default checkpoint; ``--model_name_or_path`` may point
+at any causal LM transformers knows (Qwen3, Mistral, ...).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedModel, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
+from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
 from dllm.data.collator import SFTDataCollator
 from dllm.data.utils import load_sft_dataset
-from dllm.utils.args import DataArguments, Gemma2ModelArguments, Llama3ModelArguments, ModelArguments, SFTConfig
+from dllm.errors import UsageError
+from dllm.sft.config import DataArguments, ModelArguments, SFTConfig
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Family:
-    """What differs between text families in the SFT recipe."""
-
-    model_class_path: str  # "module:Class", imported lazily
-    model_arguments: type[ModelArguments]
-
-    def model_class(self) -> type[PreTrainedModel]:
-        module, name = self.model_class_path.split(":")
-        return getattr(__import__(module, fromlist=[name]), name)
-
-
-FAMILIES: dict[str, Family] = {
-    "llama3": Family("dllm.pipelines.llama3:Llama3ForMaskedLM", Llama3ModelArguments),
-    "gemma2": Family("dllm.pipelines.gemma2:Gemma2ForMaskedLM", Gemma2ModelArguments),
-}
-
-
-def parse_args(family: str, argv: list[str] | None = None):
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SFTConfig]:
     """``(model_args, data_args, training_args)`` from the command line (``--help`` lists every flag)."""
-    parser = HfArgumentParser((FAMILIES[family].model_arguments, DataArguments, SFTConfig))
+    parser = HfArgumentParser((ModelArguments, DataArguments, SFTConfig))
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def _dtype(name: str):
+def resolve_checkpoint(family: str | None, model_args: ModelArguments) -> str:
+    """``--model_name_or_path``, else the named family's default checkpoint.
+
+    Raises:
+        UsageError: an unknown family, or neither a family nor a checkpoint.
+    """
+    if family is not None and family not in FAMILIES:
+        raise UsageError(f"unknown family {family!r}; choose one of {', '.join(sorted(FAMILIES))}, "
+                         "or give --model_name_or_path alone")
+    if model_args.model_name_or_path:
+        return model_args.model_name_or_path
+    if family is None:
+        raise UsageError("give --model_name_or_path (a hub id or a local checkpoint), or name a family: "
+                         f"dllm sft {{{','.join(sorted(FAMILIES))}}}")
+    return FAMILIES[family].default_checkpoint
+
+
+def _dtype(name: str) -> str | torch.dtype:
     return name if name == "auto" else getattr(torch, name)
 
 
-def build_model_and_tokenizer(family: str, model_args: ModelArguments):
+def build_model_and_tokenizer(
+    checkpoint: str, model_args: ModelArguments, family: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the tokenizer and the bidirectional model; make sure a mask token exists (resizing if added)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     kwargs = {"dtype": _dtype(model_args.dtype)}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    model = FAMILIES[family].model_class().from_pretrained(model_args.model_name_or_path, **kwargs)
+    model = AutoModelForMaskedDiffusion.from_pretrained(checkpoint, **kwargs)
+    if family is not None and model.config.model_type != FAMILIES[family].model_type:
+        logger.warning("%s has model_type %r, not %s's %r: training it as %s", checkpoint,
+                       model.config.model_type, family, FAMILIES[family].model_type, type(model).__name__)
     add_mask_token(model, tokenizer, model_args.mask_token)
     return model, tokenizer
 
 
-def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_checkpointing: bool):
+def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_checkpointing: bool) -> PreTrainedModel:
     """Wrap ``model`` in LoRA adapters on ``target_modules`` (peft is imported only here)."""
     from peft import LoraConfig, get_peft_model
 
@@ -76,7 +85,7 @@ def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_chec
     return model
 
 
-def save_final(trainer: MDLMTrainer, tokenizer, output_dir: str, lora: bool) -> None:
+def save_final(trainer: MDLMTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: str, lora: bool) -> None:
     """Write a full checkpoint ``from_pretrained`` can load; with LoRA also the adapter in ``adapter/``."""
     if lora:
         trainer.save_model(str(Path(output_dir) / "adapter"))
@@ -93,16 +102,16 @@ def save_final(trainer: MDLMTrainer, tokenizer, output_dir: str, lora: bool) -> 
         tokenizer.save_pretrained(output_dir)
 
 
-def main(family: str = "llama3", argv: list[str] | None = None) -> MDLMTrainer:
-    """Run masked-diffusion SFT for ``family`` ("llama3" or "gemma2") with command-line ``argv``."""
+def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTrainer:
+    """Run masked-diffusion SFT with command-line ``argv``; ``family`` ("llama3", "gemma2") supplies the default
+    checkpoint, and the checkpoint's ``model_type`` picks the model class."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if family not in FAMILIES:
-        raise SystemExit(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
-    model_args, data_args, training_args = parse_args(family, argv)
+    model_args, data_args, training_args = parse_args(argv)
+    checkpoint = resolve_checkpoint(family, model_args)
 
     # 1. Model and tokenizer (bidirectional, with a mask token). Seeded first: a new mask-token row is random.
     set_seed(training_args.seed)
-    model, tokenizer = build_model_and_tokenizer(family, model_args)
+    model, tokenizer = build_model_and_tokenizer(checkpoint, model_args, family)
     if model_args.lora:
         model = apply_lora(model, model_args, training_args.gradient_checkpointing)
 
@@ -128,4 +137,4 @@ def main(family: str = "llama3", argv: list[str] | None = None) -> MDLMTrainer:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "llama3", sys.argv[2:])
+    main(None, sys.argv[1:])

@@ -1,0 +1,152 @@
+"""Running the model for one block: the whole canvas every step, or cached keys/values (Fast-dLLM).
+
+Fast-dLLM (arXiv 2505.22618) reuses keys and values across the steps that refine one block:
+
+- ``none``: every step runs the whole canvas [B, T]. Exact: the logits are the model's for the current canvas.
+- ``prefix``: the first step of a block runs the whole canvas and keeps the keys/values of the prefix (prompt and
+  finished blocks) in a :class:`transformers.DynamicCache`; later steps of the block run only the block and the
+  masked suffix after it, attending to the cached prefix. After each step ``DynamicCache.crop`` drops the new
+  positions again, so the cache always holds the prefix alone.
+- ``dual``: the suffix is cached as well, so later steps run only the block [B, block_size].
+
+When is this exact? The first step of every block is (it is the whole-canvas forward). In a later step the block
+(and for ``prefix`` the suffix) are recomputed from the current canvas, but the cached keys/values are those of
+the block start. In the first layer a position's key/value depend only on its own token and position, so they
+are still right; in deeper layers they depend, through bidirectional attention, on every position, including the
+block tokens committed since the block start, so they are stale. Hence, for dllm's bidirectional models:
+
+- ``prefix`` and ``dual`` are exact when every block is decoded in a single step (``steps`` equal to the number of
+  blocks, or a ``threshold`` met by the whole block at once) or when the model has a single layer;
+- otherwise they are approximations, ``dual`` more so (its suffix is stale too). A single block covering the whole
+  answer does *not* make ``prefix`` exact: the cached prompt's deeper keys/values depend on the answer tokens,
+  which change every step. Caching would only be exact in general for a block-causal model, whose prefix never
+  attends to later positions (BD3-LM, Fast-dLLM v2), which these models are not.
+
+Cache order. ``DynamicCache`` appends new keys at the end, so a ``dual`` refinement step sees keys in the order
+prefix, suffix, block (the block-start forward is run in that order, with the true ``position_ids``). Full
+attention without a causal mask does not depend on key order (RoPE is applied from ``position_ids`` before
+caching), so this changes nothing there; sliding-window masks are built from cache indices, so ``dual`` is
+refused when a sliding window is shorter than the canvas (``prefix`` keeps the canvas order and is fine).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from transformers import DynamicCache
+
+from dllm.core.models.masked_lm import text_config
+from dllm.core.sampling.config import DiffusionGenerationConfig
+from dllm.core.sampling.decisions import guide
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``cumsum(attention_mask) - 1`` clamped at 0 [B, T]: each row counts from its first real token, so a
+    left-padded prompt gets the positions it would have alone (padding gets 0 and is never attended)."""
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)
+
+
+@functools.lru_cache(maxsize=None)
+def cache_argument(model_class: type) -> str:
+    """The keyword a model's ``forward`` takes its cache by: transformers renamed ``past_key_values`` to ``cache``
+    (the old name warns until 5.40), so read the first ``forward`` in the class hierarchy that names either."""
+    for cls in model_class.__mro__:
+        forward = cls.__dict__.get("forward")
+        if forward is not None:
+            parameters = inspect.signature(forward).parameters
+            for name in ("cache", "past_key_values"):
+                if name in parameters:
+                    return name
+    return "past_key_values"
+
+
+def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+                 keep: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+    """Float32 logits [B, K, V] of the input columns ``keep`` [K] of ``input_ids`` [B, Q].
+
+    ``attention_mask`` covers the cached positions followed by the input ones [B, N + Q].
+    The output head runs only on ``keep`` through transformers' own ``logits_to_keep`` (a 1-D index tensor, the
+    same for every row), rather than a per-row ``[B, L]`` selection: left padding puts every row's block in the
+    same columns, every ``*ForCausalLM`` already takes it (so plain causal classes loaded with ``is_causal=False``
+    work too) and it slices the hidden states *before* the head, so heads with extra steps (Gemma 2's final logit
+    softcapping) stay whole. With a 128k vocabulary the head is most of a step's cost.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=keep,
+                use_cache=cache is not None, **{cache_argument(type(model)): cache})
+    logits = out.logits
+    if logits.shape[1] != keep.numel():  # a model that ignores logits_to_keep returns every column
+        logits = logits[:, keep]
+    return logits.float()
+
+
+def check_sliding_window(model, length: int) -> None:
+    """Refuse the ``dual`` cache when a sliding-window layer would see keys out of canvas order."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    config = text_config(config)
+    window = getattr(config, "sliding_window", None)
+    if window is not None and "sliding_attention" in (getattr(config, "layer_types", None) or ()) \
+            and length - 1 > window:
+        raise ValueError(f"cache='dual' needs the sliding window ({window}) to cover the canvas ({length} "
+                         "positions): the cache reorders keys and windows are built from cache indices. "
+                         "Use cache='prefix' or 'none'.")
+
+
+class BlockForward:
+    """Logits of columns of the current block ``[start, end)`` under one cache setting; one instance per block.
+
+    ``order`` lists the canvas columns in cache order: those kept in the cache, then those fed every step.
+    """
+
+    def __init__(self, model, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
+                 start: int, end: int):
+        columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
+        self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end]}[cache]
+        cached = torch.cat([columns[:start], columns[end:]]) if cache == "dual" else columns[:start]
+        self.order = self.fed if cache == "none" else torch.cat([cached, self.fed])  # [T]
+        self.model, self.attention_mask, self.positions = model, attention_mask, positions
+        self.use_cache, self.cache, self.calls = cache != "none", None, 0
+
+    def __call__(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Logits [B, C, V] of canvas columns ``cols`` [C] (inside the block) for the canvas ``x`` [B, T]."""
+        first = self.use_cache and self.cache is None
+        if first:  # block start: the whole canvas, in cache order, fills the cache
+            self.cache = DynamicCache()
+        columns = self.order if first else self.fed  # [Q]
+        where = torch.full_like(self.order, -1)
+        where[columns] = torch.arange(len(columns), device=columns.device)  # canvas column -> input index
+        logits = model_logits(self.model, x[:, columns], self.attention_mask[:, self.order],
+                              self.positions[:, columns], where[cols], self.cache)
+        if self.cache is not None:
+            self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
+        self.calls += 1
+        return logits
+
+
+class GuidedForward:
+    """The block's logits with classifier-free guidance: a second, unconditional :class:`BlockForward` (own cache)
+    sees the canvas with the ``conditioning`` positions [B, T] (the prompt) replaced by mask tokens."""
+
+    def __init__(self, model, config: DiffusionGenerationConfig, attention_mask: torch.Tensor,
+                 positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor):
+        if config.cache == "dual":
+            check_sliding_window(model, attention_mask.shape[1])
+        self.cond = BlockForward(model, config.cache, attention_mask, positions, *block)
+        self.uncond = BlockForward(model, config.cache, attention_mask, positions, *block) \
+            if config.cfg_scale > 0 else None
+        self.conditioning, self.config = conditioning, config
+
+    @property
+    def calls(self) -> int:
+        """Model forward passes so far (two per step with guidance)."""
+        return self.cond.calls + (self.uncond.calls if self.uncond is not None else 0)
+
+    def __call__(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        logits = self.cond(x, cols)  # [B, C, V]
+        if self.uncond is None:
+            return logits
+        uncond = self.uncond(x.masked_fill(self.conditioning, self.config.mask_token_id), cols)  # [B, C, V]
+        return guide(logits, uncond, self.config.cfg_scale)

@@ -1,0 +1,189 @@
+"""The sampler: one step function and the short loop around it, for generation and infilling.
+
+Generation starts from the prompt followed by ``gen_length`` mask tokens (MDLM arXiv 2406.07524; LLaDA arXiv
+2502.09992). The answer is split into blocks decoded left to right; each step of a block predicts its masked
+positions, scores them (see :func:`~dllm.core.sampling.decisions.confidence`) and commits the best ``k`` of every row
+(``k`` spreads the block's positions evenly over its steps), plus, with a threshold, every position scoring above
+it. Committed tokens are never masked again. Infilling runs the same loop on a given canvas whose masked
+positions are filled; the other tokens never change.
+
+Prompts are left-padded (``attention_mask`` marks real tokens, ``position_ids`` skip the padding), so every row's
+block occupies the same columns and a prompt's output at temperature 0 does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from dllm.core.sampling.config import DiffusionGenerationConfig
+from dllm.core.sampling.decisions import confidence, sample_tokens, select_commits
+from dllm.core.sampling.forward import GuidedForward, position_ids
+from dllm.core.sampling.schedule import block_bounds, commit_counts, steps_per_block
+
+Spans = list[tuple[int, int]]
+
+
+@dataclass
+class StepRecord:
+    """What one step did, on the CPU: ``committed`` [B, T] bool, ``tokens`` [B, T] the canvas after the step,
+    ``confidence`` [B, T] the score of each committed position (NaN elsewhere)."""
+
+    block: int
+    step: int
+    committed: torch.Tensor
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+
+
+@dataclass
+class GenerationOutput:
+    """``sequences`` [B, T] (prompt and answer, or the filled canvas), the number of model forward passes, and the
+    per-step history when ``config.record_history`` is set (else ``None``)."""
+
+    sequences: torch.Tensor
+    forward_passes: int
+    history: list[StepRecord] | None = None
+
+
+def denoise_step(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                 block: tuple[int, int], steps_left: int, config: DiffusionGenerationConfig,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step on the block columns ``[a, b)`` of the canvas ``x`` [B, T]: logits of the columns still masked in
+    some row (``forward(x, cols)``, the head runs only there), a token and a score for each, then per row the
+    ``ceil(masked / steps_left)`` best plus those over the threshold are committed.
+
+    Returns the new canvas, the committed positions [B, T] and their scores [B, T] (NaN elsewhere).
+    """
+    a, b = block
+    cols = (x[:, a:b] == config.mask_token_id).any(dim=0).nonzero().squeeze(-1) + a  # [C] masked in some row
+    logits = forward(x, cols)  # [B, C, V]
+    logits[..., config.mask_token_id] = float("-inf")  # a committed position must not hold the mask token
+    tokens = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)  # [B, C]
+    score = confidence(logits, tokens, config.remasking, generator)  # [B, C]
+    masked = x[:, cols] == config.mask_token_id  # [B, C]
+    commit = select_commits(score, masked, commit_counts(masked.sum(dim=-1), steps_left), config.threshold)
+
+    x = x.clone()
+    x[:, cols] = torch.where(commit, tokens, x[:, cols])
+    committed = torch.zeros_like(x, dtype=torch.bool)
+    committed[:, cols] = commit
+    scores = torch.full(x.shape, float("nan"), device=x.device)
+    scores[:, cols] = torch.where(commit, score, float("nan"))
+    return x, committed, scores
+
+
+def finish_at_eos(x: torch.Tensor, start: int, end: int,
+                  config: DiffusionGenerationConfig) -> tuple[torch.Tensor, bool]:
+    """After the blocks up to ``end`` are done: rows whose answer ``[start, end)`` holds EOS are finished and their
+    masked positions after ``end`` become EOS. Returns the canvas and whether every row is finished."""
+    finished = (x[:, start:end] == config.eos_token_id).any(dim=-1)  # [B]
+    rest = x[:, end:]  # [B, T - end]
+    fill = finished[:, None] & (rest == config.mask_token_id)
+    x[:, end:] = rest.masked_fill(fill, config.eos_token_id)
+    return x, bool(finished.all())
+
+
+@torch.no_grad()
+def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: DiffusionGenerationConfig,
+            start: int, conditioning: torch.Tensor, stop_at_eos: bool = False,
+            generator: torch.Generator | None = None) -> GenerationOutput:
+    """Fill the masked positions of columns ``[start, T)`` of ``x`` [B, T], block by block.
+
+    ``conditioning`` [B, T] marks what the unconditional (guidance) pass masks out. With ``stop_at_eos`` the loop
+    ends once every row has finished a block holding EOS.
+    """
+    positions = position_ids(attention_mask)  # [B, T]
+    blocks = block_bounds(start, x.shape[1], config.block_size)
+    budgets = steps_per_block(config.steps, [b - a for a, b in blocks])
+    history, passes = [], 0
+    bar = tqdm(total=sum(budgets), unit="step", leave=False, disable=not config.progress)
+    for index, (block, budget) in enumerate(zip(blocks, budgets)):
+        forward = GuidedForward(model, config, attention_mask, positions, block, conditioning)
+        for step in range(budget):
+            if not (x[:, block[0]:block[1]] == config.mask_token_id).any():
+                break  # done early: the threshold, or an infilled block with fewer masks than steps
+            x, committed, scores = denoise_step(forward, x, block, budget - step, config, generator)
+            if config.record_history:
+                history.append(StepRecord(index, step, committed.cpu(), x.cpu(), scores.cpu()))
+            bar.update()
+        passes += forward.calls
+        if stop_at_eos and config.eos_token_id is not None:
+            x, done = finish_at_eos(x, start, block[1], config)
+            if done:
+                break
+    bar.close()
+    return GenerationOutput(x, passes, history if config.record_history else None)
+
+
+def _mask_token_id(config: DiffusionGenerationConfig) -> int:
+    if config.mask_token_id is None:
+        raise ValueError("DiffusionGenerationConfig.mask_token_id is required")
+    return config.mask_token_id
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
+             attention_mask: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> GenerationOutput:
+    """Fill ``config.gen_length`` masked positions after the left-padded ``prompt_ids`` [B, P].
+
+    ``attention_mask`` [B, P] marks real prompt tokens (1) and left padding (0). ``sequences`` is [B, P + G] with
+    no mask token left in the answer (a finished row's tail is EOS).
+    """
+    mask_id = _mask_token_id(config)
+    if config.steps is not None and config.steps > config.gen_length:
+        raise ValueError(f"steps must be in [1, gen_length={config.gen_length}], got {config.steps}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(prompt_ids)
+    batch, prompt_len = prompt_ids.shape
+    answer = torch.full((batch, config.gen_length), mask_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
+    x = torch.cat([prompt_ids, answer], dim=1)  # [B, P + G]
+    attention = torch.cat([attention_mask, torch.ones_like(answer)], dim=1)  # [B, P + G]
+    conditioning = F.pad(attention_mask.bool(), (0, config.gen_length))  # [B, P + G], the real prompt
+    return denoise(model, x, attention, config, prompt_len, conditioning, stop_at_eos=True, generator=generator)
+
+
+def mask_spans(input_ids: torch.Tensor, spans: Spans | list[Spans], mask_token_id: int,
+               attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of ``input_ids`` [B, L] with mask tokens on ``(start, length)`` spans, counted from each row's first
+    real token (left padding skipped); one list of spans for every row, or one list per row."""
+    per_row = spans if spans and isinstance(spans[0][0], (list, tuple)) else [spans] * len(input_ids)
+    if len(per_row) != len(input_ids):
+        raise ValueError(f"got span lists for {len(per_row)} rows, input_ids has {len(input_ids)}")
+    lengths = (attention_mask.sum(dim=1) if attention_mask is not None
+               else torch.full((len(input_ids),), input_ids.shape[1])).tolist()
+    out = input_ids.clone()
+    for row, (row_spans, length) in enumerate(zip(per_row, lengths)):
+        offset = input_ids.shape[1] - length
+        for start, size in row_spans:
+            if start < 0 or size < 0 or start + size > length:
+                raise ValueError(f"span (start={start}, length={size}) of row {row} is outside its {length} tokens")
+            out[row, offset + start: offset + start + size] = mask_token_id
+    return out
+
+
+@torch.no_grad()
+def infill(model, input_ids: torch.Tensor, config: DiffusionGenerationConfig,
+           attention_mask: torch.Tensor | None = None, spans: Spans | list[Spans] | None = None,
+           generator: torch.Generator | None = None) -> GenerationOutput:
+    """Fill the mask tokens of the left-padded ``input_ids`` [B, L] (or the ``spans``, see :func:`mask_spans`).
+
+    Every other token is kept. Blocks start at the first masked column; ``gen_length`` is not used, ``steps`` is
+    spread over the blocks and is an upper bound (rows with fewer masked positions finish earlier).
+    """
+    mask_id = _mask_token_id(config)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if spans is not None:
+        input_ids = mask_spans(input_ids, spans, mask_id, attention_mask)
+    masked = (input_ids == mask_id) & attention_mask.bool()  # [B, L]
+    if not masked.any():
+        return GenerationOutput(input_ids.clone(), 0, [] if config.record_history else None)
+    start = int(masked.any(dim=0).nonzero()[0, 0])
+    conditioning = attention_mask.bool() & ~masked  # the given tokens
+    return denoise(model, input_ids.clone(), attention_mask, config, start, conditioning, generator=generator)

@@ -1,1 +1,0 @@
-"""Utilities shared by scripts, tests and the demo."""
