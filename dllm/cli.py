@@ -17,6 +17,14 @@ commands:
                          checkpoint's model_type); a family ({families}) supplies a default checkpoint
                          (same flags as examples/<family>/sft.py)
   demo [flags]           offline demo: train a tiny model on synthetic tasks, then answer held-out prompts
+  sample CKPT [prompts] [flags]
+                         answer prompts (arguments, --prompt_file F.txt|F.jsonl) with a checkpoint, in batches;
+                         prints them or writes --output out.jsonl; every sampler option is a flag
+  eval CKPT [flags]      exact match on the demo's held-out tasks (--task demo) or a dataset (--dataset_args SPEC),
+                         per task and overall; --likelihood True adds the ELBO NLL per reference token;
+                         every sampler option is a flag; --output results.json
+  serve CKPT [flags]     OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models);
+                         needs the serve extra: pip install 'dllm[serve]'
   version                print the dllm version
 
 `dllm <command> --help` lists a command's flags.
@@ -36,7 +44,32 @@ def _demo(rest: list[str]) -> None:
     demo_main(rest)
 
 
-COMMANDS = {"sft": _sft, "demo": _demo}
+def _sample(rest: list[str]) -> None:
+    from dllm.inference.sample import main as sample_main
+
+    sample_main(rest)
+
+
+def _eval(rest: list[str]) -> None:
+    from dllm.eval.exact_match import main as eval_main
+
+    eval_main(rest)
+
+
+def _serve(rest: list[str]) -> None:
+    import importlib.util
+
+    from dllm.errors import UsageError
+
+    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(f"needs {' and '.join(missing)}: pip install 'dllm[serve]'")
+    from dllm.inference.server import main as serve_main
+
+    serve_main(rest)
+
+
+COMMANDS = {"sft": _sft, "demo": _demo, "sample": _sample, "eval": _eval, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,3 +45,22 @@ def checkpoint_without_mask_token(tmp_path, char_tokenizer, causal_cls, config):
     causal_cls(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path, len(tokenizer)
+
+
+def save_tiny_masked_lm(path: Path, *, gen_length: int | None = None, **config_overrides) -> Path:
+    """A tiny LLaMA masked LM with the character tokenizer (its special ids in the config) saved to ``path``,
+    plus saved sampler settings when ``gen_length`` is given; the kind of checkpoint `dllm demo` writes."""
+    from dllm.auto import AutoModelForMaskedDiffusion
+    from dllm.core.sampling import DiffusionGenerationConfig
+    from dllm.demo.tokenizer import build_char_tokenizer
+
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                               mask_token_id=tokenizer.mask_token_id, **config_overrides)
+    AutoModelForMaskedDiffusion.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if gen_length is not None:
+        DiffusionGenerationConfig(gen_length=gen_length).save_pretrained(path)
+    return path

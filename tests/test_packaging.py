@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-OPTIONAL = ("deepspeed", "lm_eval", "peft")
+OPTIONAL = ("deepspeed", "lm_eval", "peft", "fastapi", "uvicorn", "openai", "gradio", "matplotlib")
 
 
 def imported_optional(statement: str) -> list[str]:
@@ -21,7 +21,9 @@ def imported_optional(statement: str) -> list[str]:
 
 
 def test_import_dllm_pulls_no_optional_extra():
-    assert imported_optional("import dllm, dllm.data.utils, dllm.pipelines, dllm.cli, dllm.core.models") == []
+    assert imported_optional("import dllm, dllm.data.utils, dllm.pipelines, dllm.cli, dllm.core.models, dllm.auto, "
+                            "dllm.core.sampling, dllm.core.likelihood, dllm.inference.loading, "
+                            "dllm.eval.exact_match") == []
 
 
 def test_trainer_imports_no_optional_extra_beyond_transformers_own():

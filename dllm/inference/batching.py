@@ -1,0 +1,100 @@
+"""Concurrent requests share sampler calls: an asyncio queue, a short window, one worker, one model thread.
+
+A request puts one job per prompt on the queue and awaits their futures. The worker takes the first job, waits
+``window_s`` for more to arrive, then groups what came by sampler settings (equal
+:class:`~dllm.core.sampling.DiffusionGenerationConfig` values, the answer length included) and runs each group,
+at most ``max_batch_size`` prompts at a time, as one :meth:`Engine.run` call in a single model thread, so the
+event loop keeps accepting requests meanwhile. Each job's future gets its own row of the result; jobs whose
+request went away (a cancelled future) are dropped before the call. Requests arriving while a call runs wait on
+the queue and form the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.inference.engine import Completion, Engine
+
+# Display switches that do not change the answers; a batch records history if one of its jobs needs it.
+_NOT_BATCH_KEYS = ("record_history", "progress")
+
+
+def batch_key(config: DiffusionGenerationConfig) -> tuple:
+    """Jobs whose configs have equal keys can share one sampler call."""
+    return tuple(sorted((k, v) for k, v in asdict(config).items() if k not in _NOT_BATCH_KEYS))
+
+
+@dataclass
+class _Job:
+    prompt: list[int]
+    config: DiffusionGenerationConfig
+    history: bool
+    future: asyncio.Future
+
+
+class Batcher:
+    """Batches concurrent :meth:`submit` calls into :meth:`Engine.run` calls (see the module docstring)."""
+
+    def __init__(self, engine: Engine, window_s: float = 0.01, max_batch_size: int = 64):
+        self.engine, self.window_s, self.max_batch_size = engine, window_s, max_batch_size
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        """Start the worker on the running event loop."""
+        self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dllm-sampler")
+        self._worker = asyncio.create_task(self._work())
+
+    async def stop(self) -> None:
+        """Stop the worker; a sampler call in progress finishes first."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, prompts: list[list[int]], config: DiffusionGenerationConfig,
+                     history: bool = False) -> list[Completion]:
+        """The completions of ``prompts`` (token ids), in order, once the batches holding them have run."""
+        if self._queue is None:
+            raise RuntimeError("Batcher.start() was not called")
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(prompt, config, history, loop.create_future()) for prompt in prompts]
+        for job in jobs:
+            self._queue.put_nowait(job)
+        return list(await asyncio.gather(*(job.future for job in jobs)))
+
+    async def _work(self) -> None:
+        while True:
+            jobs = [await self._queue.get()]
+            await asyncio.sleep(self.window_s)  # let concurrent requests join this batch
+            while not self._queue.empty():
+                jobs.append(self._queue.get_nowait())
+            groups: dict[tuple, list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault(batch_key(job.config), []).append(job)
+            for group in groups.values():
+                for start in range(0, len(group), self.max_batch_size):
+                    await self._run(group[start:start + self.max_batch_size])
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        jobs = [job for job in jobs if not job.future.done()]  # requests that went away
+        if not jobs:
+            return
+        history = any(job.history for job in jobs)
+        call = (self.engine.run, [job.prompt for job in jobs], jobs[0].config, history)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._executor, *call)
+        except Exception as err:  # noqa: BLE001 - not a fallback: every request of the batch gets the error
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        for job, result in zip(jobs, results):
+            if not job.future.done():
+                job.future.set_result(result)

@@ -1,0 +1,116 @@
+"""Prompts to token ids, one sampler call per batch, and what each prompt gets back.
+
+Shared by ``dllm sample`` (batches of a prompt file) and ``dllm serve`` (batches of concurrent requests): both
+turn prompts into ids (:func:`encode_chats` through the chat template, :func:`encode_texts` as raw text), and
+:meth:`Engine.run` answers one left-padded batch with one :func:`~dllm.core.sampling.generate` call. At
+temperature 0 an answer does not depend on the batch it was run in (the sampler's batch invariance).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, block_bounds, generate, left_pad
+
+
+def encode_chats(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Token ids of each conversation through the chat template, with the assistant header appended.
+
+    Raises:
+        ValueError: the tokenizer has no chat template.
+    """
+    if tokenizer.chat_template is None:
+        raise ValueError("the checkpoint's tokenizer has no chat template (raw text: dllm serve's /v1/completions)")
+    encoded = tokenizer.apply_chat_template(conversations, add_generation_prompt=True, return_dict=True)
+    return [list(ids) for ids in encoded["input_ids"]]
+
+
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of raw texts (no chat template; the tokenizer's own special tokens, such as BOS, are added)."""
+    return [list(ids) for ids in tokenizer(texts)["input_ids"]]
+
+
+def check_generation_config(config: DiffusionGenerationConfig) -> DiffusionGenerationConfig:
+    """The config, if :func:`generate` accepts it (the field checks ran when it was built).
+
+    Raises:
+        ValueError: ``steps`` above ``gen_length``.
+    """
+    if config.steps is not None and config.steps > config.gen_length:
+        raise ValueError(f"steps ({config.steps}) must not exceed the answer length ({config.gen_length})")
+    return config
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """``text`` up to the earliest stop string (excluded), and whether one occurred."""
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+@dataclass
+class Completion:
+    """One prompt's answer: ``ids`` before the first EOS, whether EOS ended it (else the answer filled
+    ``gen_length``), the forward passes of the sampler call it came from (shared by its batch), and with
+    history, ``blocks``: the answer ids (cut at EOS) as they stood after each finished block."""
+
+    ids: list[int]
+    finished: bool
+    forward_passes: int
+    blocks: list[list[int]] | None = None
+
+
+def _block_snapshots(history: list, rows: int, prompt_length: int,
+                     config: DiffusionGenerationConfig) -> list[list[list[int]]]:
+    """Per row, the answer ids after each block whose steps ran (a block's last step finishes it)."""
+    ends = {index: b for index, (_, b) in enumerate(block_bounds(prompt_length, prompt_length + config.gen_length,
+                                                                 config.block_size))}
+    last_step = {record.block: record for record in history}  # later steps of a block overwrite earlier ones
+    per_block = [answer_ids(record.tokens[:, :ends[block]], prompt_length, config.eos_token_id)
+                 for block, record in sorted(last_step.items())]  # [blocks][B][ids]
+    return [[snapshot[row] for snapshot in per_block] for row in range(rows)]
+
+
+class Engine:
+    """A model and tokenizer with the checkpoint's sampler settings; counts its sampler calls."""
+
+    def __init__(self, model: Any, tokenizer: Any, config: DiffusionGenerationConfig):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.device = next(model.parameters()).device
+        self.sampler_calls = 0
+
+    def run(self, prompts: list[list[int]], config: DiffusionGenerationConfig | None = None,
+            history: bool = False) -> list[Completion]:
+        """Answer the prompts' ids in one sampler call (``history``: also keep per-block snapshots)."""
+        config = check_generation_config(replace(config or self.config, record_history=history, progress=False))
+        ids, mask = left_pad(prompts, config.pad_token_id)  # [B, P]
+        out = generate(self.model, ids.to(self.device), config, attention_mask=mask.to(self.device))
+        self.sampler_calls += 1
+        sequences = out.sequences.cpu()  # [B, P + G]
+        answers = answer_ids(sequences, ids.shape[1], config.eos_token_id)
+        finished = [config.eos_token_id is not None and bool((row == config.eos_token_id).any())
+                    for row in sequences[:, ids.shape[1]:]]
+        blocks = (_block_snapshots(out.history, len(prompts), ids.shape[1], config) if history
+                  else [None] * len(prompts))
+        return [Completion(answer, done, out.forward_passes, snapshots)
+                for answer, done, snapshots in zip(answers, finished, blocks)]
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of answer ids, special tokens dropped."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def stream_pieces(self, completion: Completion, text: str) -> list[str]:
+        """``text`` (the final answer, after any stop string) split where blocks finished.
+
+        Each piece is what a finished block added to the decoded answer; a block whose decoding is not (yet) a
+        prefix of the final text (a stop string, a character split across blocks) adds only the common part.
+        """
+        pieces, sent = [], 0
+        for snapshot in completion.blocks or []:
+            common = len(os.path.commonprefix([self.decode(snapshot), text]))
+            if common > sent:
+                pieces.append(text[sent:common])
+                sent = common
+        return pieces + ([text[sent:]] if sent < len(text) else [])
+

@@ -1,0 +1,156 @@
+"""``dllm sample``: answer prompts with a trained checkpoint, in batches.
+
+    dllm sample outputs/demo "Reverse: hello" "Sort: 4213"            # print the completions
+    dllm sample outputs/demo --prompt_file prompts.txt --output answers.jsonl --steps 8 --block_size 4
+    dllm sample outputs/demo --prompt_file chats.jsonl --batch_size 64 --temperature 0.7 --top_p 0.9
+
+Prompts come from the arguments (each one user turn), a text file (one prompt per line, blank lines skipped)
+or a JSONL file (``{"messages": [{"role": ..., "content": ...}, ...]}`` or ``{"prompt": "..."}`` rows). The
+sampler starts from the checkpoint's saved settings (``diffusion_generation_config.json``); every
+:class:`~dllm.core.sampling.DiffusionGenerationConfig` option is a flag that overrides it. With ``--output`` each
+prompt gets a JSONL row ``{"prompt", "completion", "forward_passes", "seconds"}`` (the last two are those of the
+batch it was answered in); without, the completions are printed, one per prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from dllm.errors import UsageError
+from dllm.inference.engine import Engine, encode_chats
+from dllm.inference.loading import (
+    CheckpointArguments,
+    SamplerOptions,
+    load_checkpoint,
+    parse_verb_args,
+    sampler_overrides,
+)
+
+
+@dataclass
+class SampleArguments:
+    """Where prompts come from and where completions go."""
+
+    prompt_file: str | None = field(default=None, metadata={
+        "help": 'A .txt file (one prompt per line) or a .jsonl file ({"messages": [...]} or {"prompt": "..."} rows).'})
+    output: str | None = field(default=None, metadata={
+        "help": "Write JSONL rows (prompt, completion, forward_passes, seconds) here instead of printing."})
+    batch_size: int = field(default=32, metadata={"help": "Prompts per sampler call."})
+
+
+@dataclass
+class Prompt:
+    """A prompt as given (written back to the output) and the conversation it is answered as."""
+
+    given: str | list[dict[str, str]]
+    messages: list[dict[str, str]]
+
+
+def user_prompt(text: str) -> Prompt:
+    """A plain prompt: one user turn."""
+    return Prompt(text, [{"role": "user", "content": text}])
+
+
+def _messages(row: Any) -> list[dict[str, str]] | None:
+    """A JSONL row's conversation, or None if it is neither ``{"messages": [...]}`` nor ``{"prompt": "..."}``."""
+    if isinstance(row, dict) and isinstance(row.get("prompt"), str) and "messages" not in row:
+        return user_prompt(row["prompt"]).messages
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list) or not messages:
+        return None
+    ok = all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+             for m in messages)
+    return messages if ok else None
+
+
+def _jsonl_prompts(path: Path, lines: list[str]) -> list[Prompt]:
+    prompts = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}, line {number}: not valid JSON ({err.msg})") from err
+        messages = _messages(row)
+        if messages is None:
+            raise UsageError(f'{path}, line {number}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}} '
+                             'or {"prompt": "..."}')
+        prompts.append(Prompt(row.get("messages", row.get("prompt")), messages))
+    return prompts
+
+
+def read_prompt_file(path: str | Path) -> list[Prompt]:
+    """Prompts of a ``.jsonl`` file (one JSON object a line) or of a text file (one prompt a line).
+
+    Raises:
+        UsageError: no such file, no prompts in it, or a JSONL line that is not a prompt (naming file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such prompt file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".jsonl":
+        prompts = _jsonl_prompts(path, lines)
+    else:
+        prompts = [user_prompt(line) for line in lines if line.strip()]
+    if not prompts:
+        raise UsageError(f"{path}: no prompts (the file is empty)")
+    return prompts
+
+
+def answer(engine: Engine, prompts: list[Prompt], ids: list[list[int]], batch_size: int) -> list[dict[str, Any]]:
+    """One output row per prompt (``ids``: its tokens), in order; batches hold prompts of similar length."""
+    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+    rows: list[dict[str, Any]] = [{} for _ in prompts]
+    show = sys.stderr.isatty() and len(prompts) > batch_size
+    with tqdm(total=len(prompts), unit="prompt", disable=not show, file=sys.stderr) as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            began = time.perf_counter()
+            completions = engine.run([ids[i] for i in batch])
+            seconds = round(time.perf_counter() - began, 4)
+            for i, completion in zip(batch, completions):
+                rows[i] = {"prompt": prompts[i].given, "completion": engine.decode(completion.ids),
+                           "forward_passes": completion.forward_passes, "seconds": seconds}
+            bar.update(len(batch))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run ``dllm sample`` with command-line ``argv``; returns the output rows.
+
+    Raises:
+        UsageError: no prompts, a bad prompt file, a checkpoint that cannot be sampled from, a bad option.
+    """
+    checkpoint, positional, (args, load_args, options) = parse_verb_args(
+        "dllm sample", sys.argv[1:] if argv is None else argv,
+        (SampleArguments, CheckpointArguments, SamplerOptions), prompts=True)
+    prompts = [user_prompt(text) for text in positional]
+    prompts += read_prompt_file(args.prompt_file) if args.prompt_file else []
+    if not prompts:
+        raise UsageError("no prompts: give them as arguments or with --prompt_file")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
+    loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
+    try:
+        ids = encode_chats(loaded.tokenizer, [p.messages for p in prompts])
+    except ValueError as err:  # no chat template
+        raise UsageError(f"{checkpoint}: {err}") from err
+    rows = answer(Engine(loaded.model, loaded.tokenizer, loaded.generation_config), prompts, ids, args.batch_size)
+    if args.output is None:
+        for row in rows:
+            print(row["completion"], flush=True)
+        return rows
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    print(f"wrote {len(rows)} completions to {out}", file=sys.stderr)
+    return rows

@@ -1,0 +1,257 @@
+"""``dllm serve``: an OpenAI-compatible HTTP server for a masked diffusion checkpoint (FastAPI + uvicorn).
+
+    pip install 'dllm[serve]'
+    dllm serve outputs/demo --port 8000                      # served as "demo" (the folder's name)
+    dllm serve outputs/demo --served_model_name tiny --block_size 4 --steps 8 --max_tokens_limit 256
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+    client.chat.completions.create(model="demo", messages=[{"role": "user", "content": "Reverse: hello"}],
+                                   max_tokens=16, extra_body={"steps": 8, "block_size": 4})
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``, ``GET /health``.
+Sampler settings start from the checkpoint's ``diffusion_generation_config.json``, then the command-line flags,
+then the request's fields (see :mod:`dllm.inference.protocol`). Concurrent requests with equal settings are
+answered by one sampler call (:mod:`dllm.inference.batching`). Errors use OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``: unknown model 404, a malformed or invalid body 400.
+
+Streaming (``stream: true``): a diffusion model does not produce tokens left to right; it finishes the answer a
+block (``block_size``) at a time. The stream therefore sends one chunk per finished block, taken from the
+sampler's per-step history (``record_history``); the sampler has no per-block callback, so the chunks are sent
+when the sampler call for the request's batch returns, not while it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.errors import UsageError
+from dllm.inference.batching import Batcher
+from dllm.inference.engine import Engine, check_generation_config, cut_at_stop, encode_chats, encode_texts
+from dllm.inference.loading import (
+    CheckpointArguments,
+    LoadedCheckpoint,
+    SamplerOptions,
+    load_checkpoint,
+    parse_verb_args,
+    sampler_overrides,
+)
+from dllm.inference.protocol import (
+    SAMPLER_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    chat_response,
+    error_body,
+    now,
+    stream_chunks,
+    text_response,
+    usage,
+)
+
+
+@dataclass
+class ServeArguments:
+    """Where to listen, the name to answer to, and the batching limits."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
+    port: int = field(default=8000, metadata={"help": "Port to listen on."})
+    served_model_name: str | None = field(default=None, metadata={
+        "help": "The model name requests must use. Default: the checkpoint folder's name (or the hub id)."})
+    max_tokens_limit: int = field(default=1024, metadata={"help": "Largest max_tokens (answer canvas) a request "
+                                                                  "may ask for."})
+    batch_window_ms: float = field(default=10.0, metadata={
+        "help": "How long the first queued request waits for others to share its sampler call."})
+    max_batch_size: int = field(default=64, metadata={"help": "Most prompts in one sampler call."})
+
+
+class ApiError(Exception):
+    """A request the server refuses, with its HTTP status and OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _config_error(err: ValueError) -> ApiError:
+    """A 400 for a sampler setting the config refused, under the request's name for the field."""
+    message = str(err)
+    found = re.match(r"DiffusionGenerationConfig\.(\w+) |(steps) \(", message)
+    target = (found.group(1) or found.group(2)) if found else None
+    names = {target: name for name, target in SAMPLER_FIELDS.items()}
+    param = names.get(target, target)
+    if found and found.group(1):
+        message = f"{param}{message[found.end(1):]}"
+    return ApiError(400, message, param)
+
+
+class Serving:
+    """The served checkpoint: the checks and the answers behind both completion endpoints."""
+
+    def __init__(self, engine: Engine, name: str, args: ServeArguments):
+        self.engine, self.name, self.args = engine, name, args
+        self.batcher = Batcher(engine, args.batch_window_ms / 1000, args.max_batch_size)
+
+    def config_for(self, request: ChatCompletionRequest | CompletionRequest) -> DiffusionGenerationConfig:
+        """The checkpoint's settings with the request's overrides; refuses another model or a too long answer."""
+        if request.model != self.name:
+            raise ApiError(404, f"The model {request.model!r} does not exist; this server serves {self.name!r}",
+                           "model", "model_not_found")
+        overrides = request.overrides()
+        length = overrides.get("gen_length", self.engine.config.gen_length)
+        if length > self.args.max_tokens_limit:
+            raise ApiError(400, f"max_tokens ({length}) is above this server's limit "
+                                f"({self.args.max_tokens_limit})", "max_tokens")
+        try:
+            return check_generation_config(replace(self.engine.config, **overrides))
+        except ValueError as err:
+            raise _config_error(err) from err
+
+    def check_prompts(self, prompts: list[list[int]], config: DiffusionGenerationConfig, param: str) -> None:
+        """Refuse empty prompts, and prompt plus answer beyond the model's positions (``max_position_embeddings``)."""
+        if any(len(p) == 0 for p in prompts):
+            raise ApiError(400, f"{param} is empty", param)
+        limit = getattr(self.engine.model.config, "max_position_embeddings", None)
+        longest = max(len(p) for p in prompts)
+        if limit is not None and longest + config.gen_length > limit:
+            raise ApiError(400, f"{longest} prompt tokens plus max_tokens {config.gen_length} exceed the model's "
+                                f"{limit} positions", param, "context_length_exceeded")
+
+    async def answer(self, request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]],
+                     config: DiffusionGenerationConfig, chat: bool) -> JSONResponse | StreamingResponse:
+        """Run the prompts (``n`` choices each) through the batcher and shape OpenAI's response."""
+        rows = [prompt for prompt in prompts for _ in range(request.n)]
+        completions = await self.batcher.submit(rows, config, history=request.stream)
+        choices = []
+        for completion in completions:
+            text, stopped = cut_at_stop(self.engine.decode(completion.ids), request.stop_strings())
+            choices.append((text, "stop" if stopped or completion.finished else "length"))
+        usage_ = usage(sum(len(p) for p in prompts), sum(len(c.ids) for c in completions))
+        if not request.stream:
+            return JSONResponse((chat_response if chat else text_response)(self.name, choices, usage_))
+        pieces = [(self.engine.stream_pieces(c, text), reason) for c, (text, reason) in zip(completions, choices)]
+        include_usage = request.stream_options is not None and request.stream_options.include_usage
+        chunks = stream_chunks(chat, self.name, pieces, usage_ if include_usage else None)
+        return StreamingResponse(_server_sent_events(chunks), media_type="text/event-stream")
+
+
+async def _server_sent_events(chunks: list[dict[str, Any]]) -> AsyncIterator[str]:
+    for chunk in chunks:
+        yield f"data: {json.dumps(chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _encode_chat(serving: Serving, request: ChatCompletionRequest) -> list[list[int]]:
+    from jinja2 import TemplateError
+
+    conversation = [{"role": m.role, "content": m.text()} for m in request.messages]
+    try:
+        return encode_chats(serving.engine.tokenizer, [conversation])
+    except (ValueError, TemplateError) as err:  # no chat template, or the template refuses the conversation
+        raise ApiError(400, f"messages: {err}", "messages") from err
+
+
+def _error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, err: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(err.message, param=err.param, code=err.code), status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(f"malformed JSON body: {first.get('msg')}"), status_code=400)
+        param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
+        return JSONResponse(error_body(f"{param}: {first.get('msg')}", param=param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, err: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(err.detail), type=kind), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, err: Exception) -> JSONResponse:
+        return JSONResponse(error_body(f"{type(err).__name__}: {err}", type="server_error"), status_code=500)
+
+
+def create_app(loaded: LoadedCheckpoint, args: ServeArguments | None = None) -> FastAPI:
+    """The FastAPI app serving ``loaded``; ``app.state.serving`` holds the :class:`Serving` (and its engine)."""
+    args = args or ServeArguments()
+    serving = Serving(Engine(loaded.model, loaded.tokenizer, loaded.generation_config),
+                      args.served_model_name or loaded.default_name, args)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await serving.batcher.start()
+        yield
+        await serving.batcher.stop()
+
+    app = FastAPI(title="dllm serve", lifespan=lifespan)
+    app.state.serving = serving
+    _error_handlers(app)
+    model_card = {"id": serving.name, "object": "model", "created": now(), "owned_by": "dllm"}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str) -> dict[str, Any]:
+        if model != serving.name:
+            raise ApiError(404, f"The model {model!r} does not exist", "model", "model_not_found")
+        return model_card
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: ChatCompletionRequest) -> Any:
+        config = serving.config_for(request)
+        prompts = _encode_chat(serving, request)
+        serving.check_prompts(prompts, config, "messages")
+        return await serving.answer(request, prompts, config, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: CompletionRequest) -> Any:
+        config = serving.config_for(request)
+        texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
+        prompts = encode_texts(serving.engine.tokenizer, texts)
+        serving.check_prompts(prompts, config, "prompt")
+        return await serving.answer(request, prompts, config, chat=False)
+
+    return app
+
+
+def _check_serve_arguments(args: ServeArguments) -> None:
+    if args.max_tokens_limit < 1 or args.max_batch_size < 1 or args.batch_window_ms < 0:
+        raise UsageError(f"--max_tokens_limit and --max_batch_size must be at least 1 and --batch_window_ms at "
+                         f"least 0, got {args.max_tokens_limit}, {args.max_batch_size}, {args.batch_window_ms}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``dllm serve`` with command-line ``argv`` until interrupted.
+
+    Raises:
+        UsageError: a checkpoint that cannot be served, a bad option, a default answer above the limit.
+    """
+    import uvicorn
+
+    checkpoint, _, (args, load_args, options) = parse_verb_args(
+        "dllm serve", sys.argv[1:] if argv is None else argv, (ServeArguments, CheckpointArguments, SamplerOptions))
+    _check_serve_arguments(args)
+    loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
+    if loaded.generation_config.gen_length > args.max_tokens_limit:
+        raise UsageError(f"{checkpoint}: the default answer length gen_length={loaded.generation_config.gen_length} "
+                         f"is above --max_tokens_limit {args.max_tokens_limit}")
+    uvicorn.run(create_app(loaded, args), host=args.host, port=args.port, log_level="info")

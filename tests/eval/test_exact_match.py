@@ -1,0 +1,168 @@
+"""``dllm eval``: the normalisation, an oracle that knows every answer scores 100% (and a wrong one 0%) on the demo
+tasks and on a multi-turn dataset, and the command line on a tiny untrained checkpoint: counts, forward passes,
+the JSON it writes, sampler flags over the saved settings, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dllm.cli import main as cli_main
+from dllm.core.sampling import DiffusionGenerationConfig, with_tokenizer_ids
+from dllm.demo.tasks import default_tasks, make_examples
+from dllm.eval.exact_match import (
+    EvalArguments,
+    EvalExample,
+    dataset_examples,
+    demo_examples,
+    encode_example,
+    evaluate_examples,
+    normalize_answer,
+)
+from tests.helpers import save_tiny_masked_lm
+
+
+def test_normalize_answer_collapses_whitespace_only():
+    assert normalize_answer("  12 \t 34\n") == "12 34"
+    assert normalize_answer("a\n\nb") == normalize_answer("a b") == "a b"
+    assert normalize_answer("") == ""
+    assert normalize_answer("Abc") != normalize_answer("abc")  # case and punctuation count
+    assert normalize_answer("1,2") != normalize_answer("12")
+
+
+class PromptOracle(torch.nn.Module):
+    """Answers each prompt it knows (by its token ids) with ``answers[prompt]`` then EOS, confidently; the canvas
+    is the prompt followed by ``gen_length`` answer positions, so the prompt is all but the last ``gen_length``
+    real tokens. An unknown prompt raises, so a prompt encoded differently from ``encode_example`` fails."""
+
+    def __init__(self, answers: dict[tuple[int, ...], list[int]], gen_length: int, vocab: int, eos: int):
+        super().__init__()
+        self.answers, self.gen_length, self.vocab, self.eos = answers, gen_length, vocab, eos
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep=0, **kwargs):
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b in range(len(input_ids)):
+            prompt = tuple(input_ids[b][attention_mask[b].bool()][: -self.gen_length].tolist())
+            answer = self.answers[prompt]
+            target = answer + [self.eos] * (self.gen_length - len(answer))
+            columns = torch.arange(input_ids.shape[1] - self.gen_length, input_ids.shape[1])
+            logits[b, columns, torch.tensor(target)] = 10.0
+        return SimpleNamespace(logits=logits[:, logits_to_keep])
+
+
+def oracle_for(tokenizer, examples: list[EvalExample], gen_length: int, wrong: bool = False) -> PromptOracle:
+    answers = {}
+    for i, example in enumerate(examples):
+        prompt, _ = encode_example(tokenizer, example)
+        source = examples[(i + 1) % len(examples)] if wrong else example
+        answers[tuple(prompt)] = tokenizer(source.reference, add_special_tokens=False)["input_ids"]
+    return PromptOracle(answers, gen_length, len(tokenizer), tokenizer.eos_token_id)
+
+
+def run_oracle(tokenizer, examples, gen_length, wrong=False, **args):
+    config = with_tokenizer_ids(DiffusionGenerationConfig(gen_length=gen_length), tokenizer)
+    model = oracle_for(tokenizer, examples, gen_length, wrong)
+    return evaluate_examples(model, tokenizer, config, examples, EvalArguments(batch_size=5, **args))
+
+
+def test_demo_questions_are_the_demos_heldout_prompts():
+    examples, canvas = demo_examples(EvalArguments(num_per_task=4))
+    expected = make_examples(default_tasks(), 4, "test", seed=42, heldout_fraction=0.1)
+    assert [(e.task, e.messages[0]["content"], e.reference) for e in examples] == \
+        [(r["task"], r["prompt"], r["answer"]) for r in expected]
+    assert canvas == 7  # sort/reverse answers of up to 6 characters, plus one EOS
+
+
+def test_a_perfect_oracle_scores_100_and_a_wrong_one_0_on_the_demo_tasks(char_tokenizer):
+    examples, canvas = demo_examples(EvalArguments(num_per_task=6))
+    results = run_oracle(char_tokenizer, examples, canvas)
+    assert results["overall"]["exact_match"] == 1.0 and results["overall"]["n"] == 18
+    assert {task: row["n"] for task, row in results["tasks"].items()} == {"sort": 6, "reverse": 6, "add": 6}
+    assert all(r["correct"] and r["answer"] == r["reference"] for r in results["examples"])
+    wrong = run_oracle(char_tokenizer, examples, canvas, wrong=True)
+    assert wrong["overall"]["exact_match"] == 0.0 and wrong["overall"]["correct"] == 0
+
+
+def test_dataset_rows_use_every_earlier_turn_as_the_prompt(char_tokenizer, tmp_path):
+    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"},
+                          {"role": "assistant", "content": f"first {i}"}, {"role": "user", "content": "again"},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(7)]
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, split = dataset_examples(str(path), None, seed=0, max_examples=6)
+    assert split == "train" and len(examples) == 6  # no test split: the file's rows, the first six
+    assert [e.reference for e in examples] == [f"answer {i}" for i in range(6)]
+    results = run_oracle(char_tokenizer, examples, gen_length=12)  # keyed on the whole multi-turn prompt
+    assert results["overall"]["exact_match"] == 1.0
+    assert results["examples"][2]["prompt"] == rows[2]["messages"][:-1]
+    prompt, reference = encode_example(char_tokenizer, examples[0])
+    assert char_tokenizer.decode(reference) == "answer 0<|eos|>"  # the reference as training saw it
+
+
+# ---- the command line on a tiny untrained checkpoint -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_masked_lm(tmp_path_factory.mktemp("untrained"))
+
+
+def test_eval_command_writes_counts_passes_and_likelihood(checkpoint, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    code = cli_main(["eval", str(checkpoint), "--num_per_task", "3", "--steps", "2", "--device", "cpu",
+                     "--output", str(out), "--likelihood", "True", "--likelihood_samples", "2"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert set(results) == {"checkpoint", "source", "sampler", "likelihood", "tasks", "overall", "examples"}
+    assert results["sampler"]["gen_length"] == 7 and results["sampler"]["steps"] == 2  # demo canvas, the flag
+    assert list(results["tasks"]) == ["sort", "reverse", "add"] and len(results["examples"]) == 9
+    for row in [*results["tasks"].values(), results["overall"]]:
+        assert set(row) == {"exact_match", "n", "correct", "forward_passes_per_answer", "seconds", "nll_per_token",
+                            "nll_per_token_stderr", "reference_tokens"}
+        assert row["forward_passes_per_answer"] == 2  # one block, two steps
+        assert 0 <= row["exact_match"] == row["correct"] / row["n"] <= 1
+        assert math.isfinite(row["nll_per_token"]) and row["nll_per_token"] > 0 and row["seconds"] >= 0
+    assert results["overall"]["n"] == 9
+    assert results["overall"]["correct"] == sum(e["correct"] for e in results["examples"])
+    printed = capsys.readouterr().out
+    assert "overall" in printed and "ELBO nll/token" in printed
+
+
+def test_flags_override_only_what_they_name_in_the_saved_settings(checkpoint, tmp_path):
+    saved = tmp_path / "saved"
+    shutil.copytree(checkpoint, saved)
+    DiffusionGenerationConfig(gen_length=5, block_size=5, remasking="margin").save_pretrained(saved)
+    from dllm.eval.exact_match import main
+
+    results = main([str(saved), "--num_per_task", "2", "--steps", "1", "--device", "cpu"])
+    sampler = results["sampler"]
+    assert (sampler["gen_length"], sampler["block_size"], sampler["remasking"], sampler["steps"]) == (5, 5, "margin", 1)
+    assert results["overall"]["forward_passes_per_answer"] == 1 and "nll_per_token" not in results["overall"]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["/no/such/checkpoint"], "/no/such/checkpoint"),
+    (["{ckpt}", "--task", "demo", "--dataset_args", "x.jsonl"], "not both"),
+    (["{ckpt}", "--task", "sorting"], "'sorting'"),
+    (["{ckpt}", "--dataset_args", "/no/such/file.jsonl"], "/no/such/file.jsonl"),
+    (["{ckpt}", "--num_per_task", "1", "--steps", "9"], "steps (9)"),
+    (["{ckpt}", "--batch_size", "0"], "--batch_size"),
+])
+def test_usage_errors_are_one_line_naming_the_input(checkpoint, capsys, argv, named):
+    code = cli_main(["eval", *[a.format(ckpt=checkpoint) for a in argv]])
+    last = capsys.readouterr().err.splitlines()[-1]  # after transformers' weight-loading bar, if it got that far
+    assert code == 2 and last.startswith("dllm eval: ") and named in last
+
+
+def test_importing_the_eval_verb_pulls_no_optional_extra():
+    code = ("import sys, dllm.eval, dllm.eval.exact_match; "
+            "print([m for m in ('lm_eval', 'deepspeed') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
