@@ -1,18 +1,19 @@
 # `make demo` and `make test` do all set-up on a fresh machine: a virtual environment in .venv, torch first
-# (a CPU build here; override TORCH_SPEC for another build), then dllm with its dev and serve extras (the
+# (override TORCH_SPEC for another build), then dllm with its dev and serve extras (the
 # OpenAI-compatible server is tested with the real openai client).
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_SPEC ?= torch==2.13.0
+# torch with the torchvision that Qwen3-VL's image processor needs; this pair installs from the local disk here.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dllm-installed
 
-.PHONY: demo test test-fast test-deepspeed test-eval install clean
+.PHONY: demo test test-fast test-deepspeed test-eval test-browser install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[dev,serve]"
 	touch $(STAMP)
 
@@ -41,3 +42,10 @@ test-deepspeed: $(STAMP)
 test-eval: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[eval]"
 	HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests/eval/test_lm_eval_adapter.py
+
+# dllm playground in a real headless browser: Debian's chromium driven by playwright (never `playwright install`:
+# no browser download). Also drives `dllm chat` in tmux. Needs root for apt-get; the tests skip without them.
+test-browser: $(STAMP)
+	apt-get update -qq && apt-get install -y -qq chromium tmux
+	$(PY) -m pip install --quiet -e ".[web]" playwright
+	$(PY) -m pytest -q tests/inference/test_playground.py tests/inference/test_chat.py

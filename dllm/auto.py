@@ -14,14 +14,21 @@ This module sits above :mod:`dllm.core` and the pipelines: the core never import
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from dllm.core.models import masked_lm_class
+from dllm.errors import UsageError
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
+from dllm.pipelines.qwen3_vl import Qwen3VLForMaskedLM
 
 
 @dataclass(frozen=True)
@@ -33,12 +40,22 @@ class ModelFamily:
         model_type: ``config.model_type`` of its checkpoints.
         model_class: the bidirectional masked-LM class.
         default_checkpoint: hub id used when no ``--model_name_or_path`` is given.
+        sft_main: the family's own SFT recipe (``argv -> trainer``) when the text recipe cannot serve it
+            (Qwen3-VL: processor, images, vision freezing); None uses :func:`dllm.sft.recipe.main`.
     """
 
     name: str
     model_type: str
     model_class: type[PreTrainedModel]
     default_checkpoint: str
+    sft_main: Callable[[list[str] | None], Any] | None = None
+
+
+def _qwen3_vl_sft(argv: list[str] | None) -> Any:
+    # Imported on use: the multimodal recipe pulls in the trainer, the image processor and PIL.
+    from dllm.pipelines.qwen3_vl.recipe import main
+
+    return main(argv)
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -46,6 +63,7 @@ FAMILIES: dict[str, ModelFamily] = {
     for family in (
         ModelFamily("llama3", "llama", Llama3ForMaskedLM, "meta-llama/Meta-Llama-3-8B-Instruct"),
         ModelFamily("gemma2", "gemma2", Gemma2ForMaskedLM, "google/gemma-2-2b-it"),
+        ModelFamily("qwen3_vl", "qwen3_vl", Qwen3VLForMaskedLM, "Qwen/Qwen3-VL-2B-Instruct", _qwen3_vl_sft),
     )
 }
 _BY_MODEL_TYPE: dict[str, ModelFamily] = {family.model_type: family for family in FAMILIES.values()}
@@ -54,6 +72,62 @@ _BY_MODEL_TYPE: dict[str, ModelFamily] = {family.model_type: family for family i
 def family_for_model_type(model_type: str) -> ModelFamily | None:
     """The family whose checkpoints have this ``model_type``, or None (the generic wrapper serves it)."""
     return _BY_MODEL_TYPE.get(model_type)
+
+
+# What a hub id looks like ("org/name" or "name"); anything else that is not a folder is a missing folder.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _remote_code_error(name_or_path: str, err: ValueError) -> UsageError | ValueError:
+    """transformers' refusal to run a checkpoint's own code (``auto_map``), as a one-line UsageError."""
+    if "trust_remote_code" not in str(err):
+        return err
+    return UsageError(f"{name_or_path}: the checkpoint ships its own Python code (auto_map), which dllm does not run "
+                      "unless asked; review that code, then pass --trust_remote_code True")
+
+
+def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
+    """``AutoConfig.from_pretrained`` that names the checkpoint in its errors and never runs checkpoint code
+    unless ``trust_remote_code``.
+
+    Raises:
+        UsageError: no such folder or hub model, a folder without ``config.json``, or a checkpoint with its own
+            code (``auto_map``) without ``trust_remote_code``.
+    """
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json)")
+    if not path.is_dir() and not _HUB_ID.match(str(name_or_path)):
+        raise UsageError(f"{name_or_path}: no such checkpoint folder")
+    try:
+        return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as err:  # transformers' "not found" for folders and hub ids alike
+        if path.is_dir():
+            raise UsageError(f"{name_or_path}: cannot read config.json ({str(err).splitlines()[0]})") from err
+        raise UsageError(f"{name_or_path}: no such checkpoint folder or Hugging Face Hub model") from err
+    except ValueError as err:
+        raise _remote_code_error(name_or_path, err) from err
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained`` with the errors of :func:`load_config` (call that first)."""
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        raise UsageError(f"{name_or_path}: cannot load the tokenizer ({str(err).splitlines()[0]})") from err
+    except ValueError as err:
+        raise _remote_code_error(name_or_path, err) from err
+
+
+def _weights_error(name_or_path: str, err: SafetensorError) -> UsageError:
+    """Name the unreadable ``.safetensors`` file of a local checkpoint (safetensors' own error names none)."""
+    for file in sorted(Path(name_or_path).glob("*.safetensors")) if Path(name_or_path).is_dir() else []:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as bad:
+            return UsageError(f"{file}: corrupt or truncated weights file ({bad}); re-save or re-download it")
+    return UsageError(f"{name_or_path}: cannot read the weights ({err}); re-save or re-download them")
 
 
 class AutoModelForMaskedDiffusion:
@@ -78,7 +152,7 @@ class AutoModelForMaskedDiffusion:
         if family is not None:
             return family.model_class
         if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-            raise ValueError(
+            raise UsageError(
                 f"{source}: model_type {config.model_type!r} has no causal-LM class in transformers, so it "
                 "cannot be loaded as a masked diffusion LM"
             )
@@ -92,7 +166,14 @@ class AutoModelForMaskedDiffusion:
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
         """Load a checkpoint (hub id or local folder); ``kwargs`` go to ``from_pretrained`` (``dtype``,
-        ``attn_implementation``, ...)."""
-        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        ``attn_implementation``, ...). A checkpoint's own code (``auto_map``) runs only with ``trust_remote_code``.
+
+        Raises:
+            UsageError: no such checkpoint, checkpoint code without ``trust_remote_code``, corrupt weights.
+        """
+        config = load_config(name_or_path, trust_remote_code=trust_remote_code)
         model_class = cls.class_for_config(config, source=str(name_or_path))
-        return model_class.from_pretrained(name_or_path, **kwargs)
+        try:
+            return model_class.from_pretrained(name_or_path, **kwargs)
+        except SafetensorError as err:
+            raise _weights_error(name_or_path, err) from err

@@ -1,9 +1,11 @@
 """The ``dllm`` command line: ``dllm sft [family] [flags]``, ``dllm demo [flags]``, ``dllm sample CKPT ...``,
-``dllm serve CKPT ...``.
+``dllm serve CKPT ...``, ``dllm chat CKPT``, ``dllm playground CKPT``, ``dllm merge-lora BASE ADAPTER OUT``.
 
 Each verb hands its flags to the same ``main()`` the scripts use, so ``dllm sft llama3 --help`` and
 ``python examples/llama3/sft.py --help`` print the same options. A :class:`~dllm.errors.UsageError` (a mistake
-in what was asked) prints one line and exits with status 2.
+in what was asked: a bad flag, a missing file, a malformed dataset row, a checkpoint that cannot be used; dllm's
+input errors all subclass it) prints one line and exits with status 2. Any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ commands:
                          every sampler option is a flag; --output results.json
   serve CKPT [flags]     OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models);
                          needs the serve extra: pip install 'dllm[serve]'
+  chat CKPT [flags]      multi-turn chat in the terminal, each answer unmasking step by step on screen;
+                         /reset, /settings steps=4 threshold=0.9, /quit; piped input: answers only
+  playground CKPT [--port N] [flags]
+                         web page: type a prompt, pick steps / block size / threshold / cache, watch the answer
+                         unmask; needs the web extra: pip install 'dllm[web]'
+  merge-lora BASE ADAPTER OUT [--overwrite True]
+                         merge a LoRA adapter (dllm sft --lora True writes OUT/adapter) into its base model: a
+                         standalone checkpoint with its tokenizer and mask token
   version                print the dllm version
 
 `dllm <command> --help` lists a command's flags.
@@ -56,6 +66,24 @@ def _eval(rest: list[str]) -> None:
     eval_main(rest)
 
 
+def _chat(rest: list[str]) -> None:
+    from dllm.inference.chat import main as chat_main
+
+    chat_main(rest)
+
+
+def _playground(rest: list[str]) -> None:
+    import importlib.util
+
+    from dllm.errors import UsageError
+
+    if importlib.util.find_spec("gradio") is None:
+        raise UsageError("needs gradio: pip install 'dllm[web]'")
+    from dllm.inference.playground import main as playground_main
+
+    playground_main(rest)
+
+
 def _serve(rest: list[str]) -> None:
     import importlib.util
 
@@ -69,7 +97,14 @@ def _serve(rest: list[str]) -> None:
     serve_main(rest)
 
 
-COMMANDS = {"sft": _sft, "demo": _demo, "sample": _sample, "eval": _eval, "serve": _serve}
+def _merge_lora(rest: list[str]) -> None:
+    from dllm.sft.merge import main as merge_main
+
+    merge_main(rest)
+
+
+COMMANDS = {"sft": _sft, "demo": _demo, "sample": _sample, "eval": _eval, "serve": _serve, "chat": _chat,
+            "playground": _playground, "merge-lora": _merge_lora}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[command](rest)
     except UsageError as err:
-        print(f"dllm {command}: {err}", file=sys.stderr)
+        print(f"dllm {command}: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
     return 0
 

@@ -71,7 +71,7 @@ def test_guide_import_paths():
     assert MDLMTrainer.compute_loss is not None
 
 
-@pytest.mark.parametrize("script", ["examples/llama3/sft.py", "examples/gemma2/sft.py"])
+@pytest.mark.parametrize("script", ["examples/llama3/sft.py", "examples/gemma2/sft.py", "examples/qwen3_vl/sft.py"])
 def test_example_scripts_are_thin(script):
     tree = ast.parse((ROOT / script).read_text())
     functions = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]

@@ -97,8 +97,11 @@ def test_cli_dispatches_sft_help(capsys):
 
 def test_cli_user_mistakes_print_one_line_and_exit_2():
     unknown = run_script("-m dllm.cli", "sft", "nope", returncode=2)
+    from dllm.auto import FAMILIES
+
     assert unknown.stderr.strip().splitlines() == [
-        "dllm sft: unknown family 'nope'; choose one of gemma2, llama3, or give --model_name_or_path alone"]
+        f"dllm sft: unknown family 'nope'; choose one of {', '.join(sorted(FAMILIES))}, or give "
+        "--model_name_or_path alone"]
     missing = run_script("-m dllm.cli", "sft", "--max_steps", "1", returncode=2)
     assert missing.stderr.strip().splitlines()[-1].startswith("dllm sft: give --model_name_or_path")
     assert "Traceback" not in missing.stderr

@@ -18,16 +18,20 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from dllm.core.diffusion import IGNORE_INDEX
+from dllm.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 
-class ChatTemplateError(ValueError):
-    """The chat template cannot be used for prompt masking (e.g. it is not prefix-consistent)."""
+class ChatTemplateError(UsageError):
+    """The tokenizer has no chat template, or it cannot be used for prompt masking (it is not prefix-consistent)."""
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], generation_prompt: bool) -> str:
     """The chat template's text for ``messages`` (no tokenization)."""
+    if tokenizer.chat_template is None:
+        raise ChatTemplateError(f"{tokenizer.name_or_path or type(tokenizer).__name__}: the tokenizer has no chat "
+                                "template to render conversations with; use a chat checkpoint or set chat_template")
     text = tokenizer.apply_chat_template(
         [dict(m) for m in messages], tokenize=False, add_generation_prompt=generation_prompt
     )
@@ -146,6 +150,12 @@ class SFTDataCollator:
     pad_to_multiple_of: int | None = None
     num_dropped: int = field(default=0, init=False)
 
+    def __post_init__(self) -> None:
+        for name in ("max_seq_length", "pad_to_multiple_of"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"{name} must be a positive integer or None, got {value!r}")
+
     def _tokenize_row(self, row: Mapping[str, Any], position: int) -> dict[str, list[int]]:
         if "input_ids" in row:
             if "labels" not in row:
@@ -178,12 +188,12 @@ class SFTDataCollator:
         eos_id = self._token_id("eos_token_id")
         if self.train_on_eos_padding:
             if eos_id is None:
-                raise ValueError("train_on_eos_padding needs a tokenizer with an eos token")
+                raise UsageError("train_on_eos_padding needs a tokenizer with an eos token")
             return eos_id, 1, eos_id
         pad_id = self._token_id("pad_token_id")
         pad_id = eos_id if pad_id is None else pad_id
         if pad_id is None:
-            raise ValueError("the tokenizer has neither a pad token nor an eos token to pad with")
+            raise UsageError("the tokenizer has neither a pad token nor an eos token to pad with")
         return pad_id, 0, IGNORE_INDEX
 
     def _batch_length(self, longest: int) -> int:
@@ -207,7 +217,7 @@ class SFTDataCollator:
                 dropped, len(rows), self.max_seq_length, self.num_dropped,
             )
         if not kept:
-            raise ValueError(
+            raise UsageError(
                 f"all {len(rows)} rows of the batch have no answer token within max_seq_length="
                 f"{self.max_seq_length}; raise max_seq_length or filter long prompts"
             )

@@ -23,7 +23,8 @@ A source is one of:
 Local files are loaded into memory through a throwaway cache directory: ``datasets`` keys its cache of a
 local file on path and modification time only, so a file rewritten within the same clock tick would be
 served stale from a shared cache; nothing is left in the Hugging Face cache either. Any error ``datasets``
-or Arrow raises while reading a file is re-raised as a one-line ``ValueError`` that names the file; when
+or Arrow raises while reading a file is re-raised as a one-line ``UsageError`` (a ``ValueError``) that names
+the file; every input error here is a :class:`~dllm.errors.UsageError`, which ``dllm`` prints as one line; when
 ``datasets`` cannot read a JSON file, the file is parsed once more with :mod:`json` only to say where:
 the line of invalid JSON, or the index of a row that is not an object (an error even with
 ``skip_invalid``, since no row of such a file can be read).
@@ -47,8 +48,10 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from datasets.data_files import get_data_patterns, resolve_pattern
+from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
 from dllm.data.alpaca import ALPACA_FORMAT, ALPACA_HUB_ID
+from dllm.data.ko_document_table import KO_DOCUMENT_TABLE_FORMAT, KO_DOCUMENT_TABLE_HUB_ID
 from dllm.data.messages import (
     MESSAGES_FEATURES,
     MESSAGES_FORMAT,
@@ -57,16 +60,25 @@ from dllm.data.messages import (
     convert_rows,
     not_an_object_error,
 )
+from dllm.data.multimodal import MULTIMODAL_FORMAT
 from dllm.data.spec import SPLITS, DatasetSource, parse_dataset_spec
+from dllm.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
 DATA_FILE_SUFFIXES: tuple[str, ...] = (".json", ".jsonl", ".parquet")
 # Formats chosen by source name (hub id); checked before detection from the columns. Register a
 # dataset whose columns need their own conversion here: ``NAMED_FORMATS["org/name"] = RowFormat(...)``.
-NAMED_FORMATS: dict[str, RowFormat] = {ALPACA_HUB_ID: ALPACA_FORMAT}
+NAMED_FORMATS: dict[str, RowFormat] = {ALPACA_HUB_ID: ALPACA_FORMAT,
+                                       KO_DOCUMENT_TABLE_HUB_ID: KO_DOCUMENT_TABLE_FORMAT}
 # Formats detected from the columns, in order: the first whose required columns a source has wins.
-DETECTED_FORMATS: tuple[RowFormat, ...] = (MESSAGES_FORMAT, ALPACA_FORMAT)
+DETECTED_FORMATS: tuple[RowFormat, ...] = (MULTIMODAL_FORMAT, MESSAGES_FORMAT, ALPACA_FORMAT,
+                                           KO_DOCUMENT_TABLE_FORMAT)
+
+
+class DataFileNotFoundError(UsageError, FileNotFoundError):
+    """A local dataset file or folder that does not exist (both a UsageError and a FileNotFoundError)."""
+
 
 _JSON_SHAPE = "expected a JSON array of rows or JSON lines (one object per line)"
 
@@ -96,7 +108,7 @@ def _locate_json_problem(path: Path) -> ValueError | None:
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
-            return ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}; {_JSON_SHAPE}")
+            return UsageError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}; {_JSON_SHAPE}")
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
@@ -105,7 +117,7 @@ def _locate_json_problem(path: Path) -> ValueError | None:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                return ValueError(f"{path}: invalid JSON at line {lineno}: {err.msg}; {_JSON_SHAPE}")
+                return UsageError(f"{path}: invalid JSON at line {lineno}: {err.msg}; {_JSON_SHAPE}")
     for index, row in enumerate(rows):
         if not isinstance(row, Mapping):
             return not_an_object_error(row, source=str(path), index=index)
@@ -115,19 +127,19 @@ def _locate_json_problem(path: Path) -> ValueError | None:
 def _read_error(path: Path, err: Exception) -> ValueError:
     """A one-line error naming ``path`` for whatever ``datasets``/Arrow raised while reading it."""
     if isinstance(err, StopIteration) or "corresponds to no data" in str(err):
-        return ValueError(f"{path}: no rows")
+        return UsageError(f"{path}: no rows")
     if path.suffix != ".parquet":
         try:
             located = _locate_json_problem(path)
         except UnicodeDecodeError as bad:
-            return ValueError(f"{path}: not UTF-8 text ({bad})")
+            return UsageError(f"{path}: not UTF-8 text ({bad})")
         if located is not None:
             return located
     cause = _root_cause(err)
     detail = " ".join(f"{type(cause).__name__}: {cause}".split())
     if path.suffix == ".parquet":
-        return ValueError(f"{path}: not a readable parquet file ({detail})")
-    return ValueError(f"{path}: cannot read JSON rows ({detail}); {_JSON_SHAPE}")
+        return UsageError(f"{path}: not a readable parquet file ({detail})")
+    return UsageError(f"{path}: cannot read JSON rows ({detail}); {_JSON_SHAPE}")
 
 
 def _starts_with_object(path: Path) -> bool:
@@ -148,12 +160,14 @@ def read_data_file(path: Path) -> Dataset:
             parquet file; one line that starts with the path.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"dataset file not found: {path}")
+        raise DataFileNotFoundError(f"dataset file not found: {path}")
     if path.suffix not in DATA_FILE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; expected one of {DATA_FILE_SUFFIXES}")
+        raise UsageError(f"{path}: unsupported file type {path.suffix!r}; expected one of {DATA_FILE_SUFFIXES}")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: no rows (empty file)")
+        raise UsageError(f"{path}: no rows (empty file)")
     builder = "parquet" if path.suffix == ".parquet" else "json"
+    bars_were_off = are_progress_bars_disabled()
+    disable_progress_bars()  # "Generating train split" of a throwaway cache is noise (and precedes any error)
     try:
         with tempfile.TemporaryDirectory(prefix="dllm-data-") as cache_dir:
             rows = datasets.load_dataset(
@@ -162,11 +176,14 @@ def read_data_file(path: Path) -> Dataset:
         rows.data.validate(full=True)  # Arrow's JSON reader lets invalid UTF-8 through; full checks catch it
     except Exception as err:  # datasets and Arrow raise many types; none may reach the user unnamed
         raise _read_error(path, err) from err
+    finally:
+        if not bars_were_off:
+            enable_progress_bars()
     if len(rows) == 0:
-        raise ValueError(f"{path}: no rows")
+        raise UsageError(f"{path}: no rows")
     # datasets reads a file holding one JSON object as a single row; a .json file of rows never looks so.
     if path.suffix == ".json" and len(rows) == 1 and _starts_with_object(path):
-        raise ValueError(f"{path}: one JSON object instead of rows; {_JSON_SHAPE} (name a one-row file .jsonl)")
+        raise UsageError(f"{path}: one JSON object instead of rows; {_JSON_SHAPE} (name a one-row file .jsonl)")
     return rows
 
 
@@ -185,7 +202,7 @@ def _named_split_files(folder: Path) -> dict[str, set[Path]]:
     try:
         patterns = get_data_patterns(str(folder.resolve()))
     except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"{folder}: cannot sort the folder's files into splits ({err})") from err
+        raise UsageError(f"{folder}: cannot sort the folder's files into splits ({err})") from err
     return {
         str(split): set().union(*(_resolve(folder, pattern) for pattern in split_patterns))
         for split, split_patterns in patterns.items()
@@ -200,19 +217,19 @@ def folder_files(folder: Path) -> dict[str, list[Path]]:
     """
     files = _resolve(folder, "**")
     if not files:
-        raise ValueError(f"{folder}: no data files ({', '.join(DATA_FILE_SUFFIXES)}) in folder")
+        raise UsageError(f"{folder}: no data files ({', '.join(DATA_FILE_SUFFIXES)}) in folder")
     named = _named_split_files(folder)
     train, test = named.get("train", set()) & files, named.get("test", set()) & files
     if not train and not test:
         return {"train": sorted(files)}
     if train & test:
-        raise ValueError(f"{folder}: file names match both train and test: {sorted(map(str, train & test))}")
+        raise UsageError(f"{folder}: file names match both train and test: {sorted(map(str, train & test))}")
     ignored = files - train - test
     if ignored:
         names = sorted(map(str, ignored))
         logger.warning("%s: ignoring data files named neither train nor test: %s", folder, names)
     if not train:
-        raise ValueError(f"{folder}: has test files but no train files")
+        raise UsageError(f"{folder}: has test files but no train files")
     return {split: sorted(paths) for split, paths in (("train", train), ("test", test)) if paths}
 
 
@@ -222,11 +239,16 @@ def _looks_like_path(name: str) -> bool:
 
 def _load_hub_splits(hub_id: str) -> dict[str, Dataset]:
     """The ``train`` (required) and ``test`` splits of a hub dataset, via ``datasets.load_dataset``."""
-    loaded = datasets.load_dataset(hub_id)
+    try:
+        loaded = datasets.load_dataset(hub_id)
+    except (ConnectionError, FileNotFoundError) as err:  # offline, unknown id, no access (DatasetNotFoundError)
+        detail = " ".join(str(err).split())
+        raise UsageError(f"{hub_id}: not a local file or folder, and not a loadable Hugging Face Hub dataset "
+                         f"({detail})") from err
     if not isinstance(loaded, DatasetDict):
-        raise ValueError(f"{hub_id}: expected a dataset with splits, got {type(loaded).__name__}")
+        raise UsageError(f"{hub_id}: expected a dataset with splits, got {type(loaded).__name__}")
     if "train" not in loaded:
-        raise ValueError(f"{hub_id}: no 'train' split; found {sorted(loaded.keys())}")
+        raise UsageError(f"{hub_id}: no 'train' split; found {sorted(loaded.keys())}")
     return {split: loaded[split] for split in SPLITS if split in loaded}
 
 
@@ -249,7 +271,7 @@ def resolve_format(name: str, rows: Dataset, source: str) -> RowFormat:
     for fmt in DETECTED_FORMATS:
         if fmt.required.issubset(keys):
             return fmt
-    raise ValueError(
+    raise UsageError(
         f"{source}: unknown data format, found keys {keys}; expected 'messages' (OpenAI chat format) "
         "or 'instruction' and 'output' (Alpaca)"
     )
@@ -261,6 +283,8 @@ def normalize_rows(rows: Dataset, fmt: RowFormat, *, source: str, skip_invalid: 
     Raises:
         DataValidationError: a malformed row, unless ``skip_invalid``.
     """
+    if fmt.prepare is not None:
+        rows = fmt.prepare(rows, source)
     text_rows = rows.select_columns([c for c in fmt.columns if c in rows.column_names])
     converted = convert_rows(text_rows, fmt.convert, source=source, skip_invalid=skip_invalid)
     messages = Dataset.from_dict({"messages": converted.messages}, features=MESSAGES_FEATURES)
@@ -310,7 +334,7 @@ def _resolve_test_size(test_size: float | int, available: int, source: str) -> i
         return max(1, round(available * test_size))
     if isinstance(test_size, int) and test_size >= 1:
         return test_size
-    raise ValueError(f"{source}: test_size must be a fraction in (0, 1) or a positive int, got {test_size!r}")
+    raise UsageError(f"{source}: test_size must be a fraction in (0, 1) or a positive int, got {test_size!r}")
 
 
 def _draw(dataset: Dataset, count: int | None, seed: int, what: str) -> Dataset:
@@ -318,7 +342,7 @@ def _draw(dataset: Dataset, count: int | None, seed: int, what: str) -> Dataset:
     if count is None:
         return dataset
     if count > len(dataset):
-        raise ValueError(f"{what}: asked for {count} rows but only {len(dataset)} are available")
+        raise UsageError(f"{what}: asked for {count} rows but only {len(dataset)} are available")
     return dataset.shuffle(seed=seed).select(range(count))
 
 
@@ -349,13 +373,13 @@ def split_source(
     if n_test == 0:
         return {"train": _draw(train, source.train, seed, f"{source.name} train")}
     if n_test >= len(train):
-        raise ValueError(
+        raise UsageError(
             f"{source.name} test: asked for {n_test} held-out rows but the source has only {len(train)} rows"
         )
     rest = len(train) - n_test
     n_train = rest if source.train is None else source.train
     if n_train > rest:
-        raise ValueError(f"{source.name} train: asked for {n_train} rows but only {rest} are available")
+        raise UsageError(f"{source.name} train: asked for {n_train} rows but only {rest} are available")
     shuffled = train.shuffle(seed=seed)
     return {"train": shuffled.select(range(n_train)), "test": shuffled.select(range(rest, len(train)))}
 
@@ -365,7 +389,7 @@ def _concatenate(parts: list[Dataset], names: list[str]) -> Dataset:
     columns = {tuple(sorted(p.column_names)) for p in parts}
     if len(columns) > 1:
         found = ", ".join(f"{n}: {sorted(p.column_names)}" for n, p in zip(names, parts))
-        raise ValueError(f"cannot mix sources with different columns ({found})")
+        raise UsageError(f"cannot mix sources with different columns ({found})")
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 from datasets import Features, List, Value
 
+from dllm.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 ALLOWED_ROLES: tuple[str, ...] = ("system", "user", "assistant")
@@ -32,8 +34,8 @@ MESSAGES_FEATURES = Features({"messages": List({"role": Value("string"), "conten
 Message = dict[str, str]
 
 
-class DataValidationError(ValueError):
-    """A malformed dataset row.
+class DataValidationError(UsageError):
+    """A malformed dataset row (a :class:`~dllm.errors.UsageError`, so a ``ValueError``).
 
     The message reads ``"<source> row <index>: <detail>"``, e.g.
     ``alpaca_en_demo.json row 17: messages[1].content must be a string, got int``.
@@ -66,12 +68,15 @@ class RowFormat:
         columns: the keys the converter reads (other keys are ignored, except pass-through ones).
         required: the keys whose presence identifies this format in a row.
         convert: ``convert(row, source, index) -> messages``; raises :class:`DataValidationError`.
+        prepare: optional ``prepare(rows, source) -> rows``, applied to a source's raw rows before conversion
+            and pass-through (e.g. image paths made absolute against the data file, images left undecoded).
     """
 
     name: str
     columns: tuple[str, ...]
     required: frozenset[str]
     convert: RowConverter
+    prepare: Callable[[Any, str], Any] | None = None
 
 
 def _type_name(value: Any) -> str:
@@ -199,7 +204,7 @@ def convert_rows(
         _log_skipped(source, result, first_errors)
     if result.total and not result.indices:
         first = next(iter(first_errors.values()))
-        raise ValueError(f"{source}: all {result.total} rows are invalid; first problem: {first}")
+        raise UsageError(f"{source}: all {result.total} rows are invalid; first problem: {first}")
     return result
 
 

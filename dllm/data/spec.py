@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from dllm.errors import UsageError
+
 # The split names a spec may give counts for.
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -40,7 +42,7 @@ class DatasetSource:
 
 def _spec_error(spec: str, problem: str) -> ValueError:
     """The error for a malformed spec (or part of one): ``bad spec '<spec>': <problem>``."""
-    return ValueError(f"bad spec {spec!r}: {problem}")
+    return UsageError(f"bad spec {spec!r}: {problem}")
 
 
 def _parse_options(part: str, options: str) -> dict[str, int]:

@@ -7,13 +7,18 @@ at most ``max_batch_size`` prompts at a time, as one :meth:`Engine.run` call in 
 event loop keeps accepting requests meanwhile. Each job's future gets its own row of the result; jobs whose
 request went away (a cancelled future) are dropped before the call. Requests arriving while a call runs wait on
 the queue and form the next batch.
+
+Live streaming: a request's ``on_block(row, block, ids)`` is called on the event loop after each block the
+sampler finishes (the model thread hands it over with ``loop.call_soon_threadsafe``), while the call still runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.inference.engine import Completion, Engine
@@ -33,6 +38,7 @@ class _Job:
     config: DiffusionGenerationConfig
     history: bool
     future: asyncio.Future
+    on_block: Callable[[int, list[int]], None] | None = None  # (block, this row's answer ids), on the event loop
 
 
 class Batcher:
@@ -58,13 +64,18 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, prompts: list[list[int]], config: DiffusionGenerationConfig,
-                     history: bool = False) -> list[Completion]:
-        """The completions of ``prompts`` (token ids), in order, once the batches holding them have run."""
+    async def submit(self, prompts: list[list[int]], config: DiffusionGenerationConfig, history: bool = False,
+                     on_block: Callable[[int, int, list[int]], None] | None = None) -> list[Completion]:
+        """The completions of ``prompts`` (token ids), in order, once the batches holding them have run.
+
+        ``on_block(row, block, ids)``: called on the event loop as soon as the sampler finishes a block of
+        ``prompts[row]``, with that answer's ids so far (cut before EOS).
+        """
         if self._queue is None:
             raise RuntimeError("Batcher.start() was not called")
         loop = asyncio.get_running_loop()
-        jobs = [_Job(prompt, config, history, loop.create_future()) for prompt in prompts]
+        jobs = [_Job(prompt, config, history, loop.create_future(),
+                     None if on_block is None else partial(on_block, row)) for row, prompt in enumerate(prompts)]
         for job in jobs:
             self._queue.put_nowait(job)
         return list(await asyncio.gather(*(job.future for job in jobs)))
@@ -87,9 +98,12 @@ class Batcher:
         if not jobs:
             return
         history = any(job.history for job in jobs)
-        call = (self.engine.run, [job.prompt for job in jobs], jobs[0].config, history)
+        loop = asyncio.get_running_loop()
+        call = partial(self.engine.run, [job.prompt for job in jobs], jobs[0].config, history)
+        if any(job.on_block is not None for job in jobs):  # engines without streaming need not take on_block
+            call = partial(call, on_block=partial(_hand_over, loop, jobs))
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor, *call)
+            results = await loop.run_in_executor(self._executor, call)
         except Exception as err:  # noqa: BLE001 - not a fallback: every request of the batch gets the error
             for job in jobs:
                 if not job.future.done():
@@ -98,3 +112,10 @@ class Batcher:
         for job, result in zip(jobs, results):
             if not job.future.done():
                 job.future.set_result(result)
+
+
+def _hand_over(loop: asyncio.AbstractEventLoop, jobs: list[_Job], block: int, rows: list[list[int]]) -> None:
+    """In the model thread: schedule each streaming job's ``on_block`` with its row on the event loop."""
+    for job, ids in zip(jobs, rows):
+        if job.on_block is not None:
+            loop.call_soon_threadsafe(job.on_block, block, ids)

@@ -8,11 +8,14 @@ temperature 0 an answer does not depend on the batch it was run in (the sampler'
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
+
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, block_bounds, generate, left_pad
+from dllm.core.sampling.loop import BlockCallback
 
 
 def encode_chats(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
@@ -72,6 +75,21 @@ def _block_snapshots(history: list, rows: int, prompt_length: int,
     return [[snapshot[row] for snapshot in per_block] for row in range(rows)]
 
 
+BlockIds = Callable[[int, list[list[int]]], None]
+"""``on_block(index, rows)`` of :meth:`Engine.run`: after block ``index``, each row's answer ids so far (up to the
+block's end, cut before EOS). Each is a prefix of that row's final answer (committed tokens never change)."""
+
+
+def _answers_after_block(on_block: BlockIds, prompt_length: int, config: DiffusionGenerationConfig) -> BlockCallback:
+    """The sampler's ``on_block`` that hands ``on_block`` the answers' ids after each block."""
+    ends = [b for _, b in block_bounds(prompt_length, prompt_length + config.gen_length, config.block_size)]
+
+    def after_block(index: int, x: torch.Tensor, _steps: list) -> None:
+        on_block(index, answer_ids(x[:, :ends[index]].cpu(), prompt_length, config.eos_token_id))
+
+    return after_block
+
+
 class Engine:
     """A model and tokenizer with the checkpoint's sampler settings; counts its sampler calls."""
 
@@ -81,11 +99,14 @@ class Engine:
         self.sampler_calls = 0
 
     def run(self, prompts: list[list[int]], config: DiffusionGenerationConfig | None = None,
-            history: bool = False) -> list[Completion]:
-        """Answer the prompts' ids in one sampler call (``history``: also keep per-block snapshots)."""
+            history: bool = False, on_block: BlockIds | None = None) -> list[Completion]:
+        """Answer the prompts' ids in one sampler call (``history``: also keep per-block snapshots;
+        ``on_block(index, rows)``: called from the sampler's thread after each finished block, see :data:`BlockIds`)."""
         config = check_generation_config(replace(config or self.config, record_history=history, progress=False))
         ids, mask = left_pad(prompts, config.pad_token_id)  # [B, P]
-        out = generate(self.model, ids.to(self.device), config, attention_mask=mask.to(self.device))
+        callback = None if on_block is None else _answers_after_block(on_block, ids.shape[1], config)
+        out = generate(self.model, ids.to(self.device), config, attention_mask=mask.to(self.device),
+                       on_block=callback)
         self.sampler_calls += 1
         sequences = out.sequences.cpu()  # [B, P + G]
         answers = answer_ids(sequences, ids.shape[1], config.eos_token_id)
@@ -100,17 +121,29 @@ class Engine:
         """Text of answer ids, special tokens dropped."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def stream_pieces(self, completion: Completion, text: str) -> list[str]:
-        """``text`` (the final answer, after any stop string) split where blocks finished.
 
-        Each piece is what a finished block added to the decoded answer; a block whose decoding is not (yet) a
-        prefix of the final text (a stop string, a character split across blocks) adds only the common part.
-        """
-        pieces, sent = [], 0
-        for snapshot in completion.blocks or []:
-            common = len(os.path.commonprefix([self.decode(snapshot), text]))
-            if common > sent:
-                pieces.append(text[sent:common])
-                sent = common
-        return pieces + ([text[sent:]] if sent < len(text) else [])
+class TextStream:
+    """The text of one answer sent as it grows: :meth:`update` after each finished block, :meth:`finish` with
+    the final text. Nothing sent is ever taken back: text is held back while a stop string could still begin in
+    it (the last ``len(longest stop) - 1`` characters) or while it ends in an unfinished character (U+FFFD)."""
 
+    def __init__(self, decode: Callable[[list[int]], str], stop: list[str]):
+        self.decode, self.stop, self.sent = decode, stop, ""
+        self.hold = max((len(s) for s in stop if s), default=1) - 1
+
+    def update(self, ids: list[int]) -> str:
+        """The new text to send, given the answer's ids so far (a prefix of the final answer)."""
+        text = self.decode(ids)
+        cut, _ = cut_at_stop(text, self.stop)
+        safe = cut[: max(0, len(text) - self.hold)].rstrip("\ufffd")  # a stop found here is whole: positions
+        return self._advance(safe)  # before len - hold are only cut by stops starting there, which fit in text
+
+    def finish(self, text: str) -> str:
+        """The rest of the final ``text`` (already cut at a stop string)."""
+        return self._advance(text)
+
+    def _advance(self, text: str) -> str:
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import ast
 import inspect
-import re
 import textwrap
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NoReturn, Optional
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, PretrainedConfig, PreTrainedModel
+from transformers import HfArgumentParser, PreTrainedModel
 from transformers.utils import cached_file
 
-from dllm.auto import AutoModelForMaskedDiffusion
+from dllm.auto import AutoModelForMaskedDiffusion, load_config, load_tokenizer
 from dllm.core.models.masked_lm import check_mask_token_id
 from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.errors import UsageError
@@ -33,8 +32,6 @@ from dllm.inference.engine import check_generation_config
 
 # Per-call display switches of the sampler: the verbs decide them, they are not flags.
 _NOT_FLAGS = ("record_history", "progress")
-# What a hub id looks like ("org/name" or "name"); anything else that is not a folder is a missing folder.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _field_docs(cls: type) -> dict[str, str]:
@@ -82,7 +79,16 @@ class CheckpointArguments:
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, cuda:1, ... Default: cuda if available."})
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
         default="auto", metadata={"help": "Weights dtype; auto keeps the checkpoint's."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow a hub checkpoint's own model code."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run the checkpoint's own Python code (auto_map in config.json); review it first."})
+
+
+class VerbArgumentParser(HfArgumentParser):
+    """An ``HfArgumentParser`` that reports a flag mistake (unknown flag, bad choice, bad value) as one line,
+    ``<prog>: <message>``, and exits with status 2 like argparse, without the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {' '.join(message.split())}\n")
 
 
 def parse_verb_args(prog: str, argv: list[str], dataclass_types: tuple[type, ...],
@@ -91,7 +97,7 @@ def parse_verb_args(prog: str, argv: list[str], dataclass_types: tuple[type, ...
 
     Returns the checkpoint, the positional prompts (empty unless ``prompts``) and one instance per dataclass.
     """
-    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser = VerbArgumentParser(dataclass_types, prog=prog)
     parser.add_argument("checkpoint", help="A checkpoint folder or hub id (a dllm sft or dllm demo output).")
     if prompts:
         parser.add_argument("prompts", nargs="*", help="Prompts, each one user turn of the chat template.")
@@ -115,20 +121,6 @@ class LoadedCheckpoint:
         """The name it is served under by default: a folder's name, or the hub id."""
         path = Path(self.name_or_path)
         return path.resolve().name if path.is_dir() else self.name_or_path
-
-
-def _model_config(checkpoint: str, trust_remote_code: bool) -> PretrainedConfig:
-    path = Path(checkpoint)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise UsageError(f"{checkpoint}: not a checkpoint folder (no config.json)")
-    if not path.is_dir() and not _HUB_ID.match(checkpoint):
-        raise UsageError(f"{checkpoint}: no such checkpoint folder")
-    try:
-        return AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    except OSError as err:  # transformers' "not found" for folders and hub ids alike
-        if path.is_dir():
-            raise UsageError(f"{checkpoint}: cannot read config.json ({str(err).splitlines()[0]})") from err
-        raise UsageError(f"{checkpoint}: no such checkpoint folder or Hugging Face Hub model") from err
 
 
 def _generation_config(checkpoint: str, overrides: dict[str, Any]) -> DiffusionGenerationConfig:
@@ -156,14 +148,12 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
 
     Raises:
         UsageError: no such folder or hub model, no ``config.json``, no mask token, invalid saved settings or
-            overrides (``steps`` above ``gen_length`` included); the message names the checkpoint or the file.
+            overrides (``steps`` above ``gen_length`` included), checkpoint code (``auto_map``) without
+            ``trust_remote_code``, corrupt weights; the message names the checkpoint or the file.
     """
     options = options or CheckpointArguments()
-    config = _model_config(checkpoint, options.trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
-    except OSError as err:
-        raise UsageError(f"{checkpoint}: cannot load the tokenizer ({str(err).splitlines()[0]})") from err
+    config = load_config(checkpoint, options.trust_remote_code)
+    tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
     generation = _generation_config(checkpoint, overrides)
     candidates = (generation.mask_token_id, tokenizer.mask_token_id, getattr(config, "mask_token_id", None))
     mask_id = next((c for c in candidates if c is not None), None)

@@ -127,27 +127,3 @@ def text_response(model: str, choices: list[tuple[str, str]], usage_: dict[str, 
             "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": reason}
                         for i, (text, reason) in enumerate(choices)],
             "usage": usage_}
-
-
-def stream_chunks(chat: bool, model: str, choices: list[tuple[list[str], str]],
-                  usage_: dict[str, int] | None) -> list[dict[str, Any]]:
-    """The chunks of a streamed response: per choice, (for chat) a role chunk, one chunk per piece of text, a
-    chunk with the finish reason; then, with ``usage_``, a chunk with no choices and the usage."""
-    base = {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion.chunk" if chat
-            else "text_completion", "created": now(), "model": model}
-
-    def choice(index: int, text: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
-        if not chat:
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
-        delta = ({"role": "assistant", "content": ""} if role else {} if text is None else {"content": text})
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
-
-    chunks = []
-    for index, (pieces, reason) in enumerate(choices):
-        if chat:
-            chunks.append({**base, "choices": [choice(index, None, None, role=True)]})
-        chunks += [{**base, "choices": [choice(index, piece, None)]} for piece in pieces]
-        chunks.append({**base, "choices": [choice(index, None, reason)]})
-    if usage_ is not None:
-        chunks.append({**base, "choices": [], "usage": usage_})
-    return chunks

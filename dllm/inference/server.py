@@ -16,13 +16,16 @@ answered by one sampler call (:mod:`dllm.inference.batching`). Errors use OpenAI
 ``{"error": {"message", "type", "param", "code"}}``: unknown model 404, a malformed or invalid body 400.
 
 Streaming (``stream: true``): a diffusion model does not produce tokens left to right; it finishes the answer a
-block (``block_size``) at a time. The stream therefore sends one chunk per finished block, taken from the
-sampler's per-step history (``record_history``); the sampler has no per-block callback, so the chunks are sent
-when the sampler call for the request's batch returns, not while it runs.
+block (``block_size``) at a time. The stream therefore sends one chunk per finished block, as soon as the sampler
+finishes it (the sampler's ``on_block`` callback, handed from the model thread to the event loop by the
+batcher), while the sampler call still runs; text that a stop string may still cut is held back until it cannot
+(:class:`~dllm.inference.engine.TextStream`). An error after the stream began is sent as a last
+``data: {"error": ...}`` event before ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
@@ -38,7 +41,15 @@ from starlette.exceptions import HTTPException
 from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.errors import UsageError
 from dllm.inference.batching import Batcher
-from dllm.inference.engine import Engine, check_generation_config, cut_at_stop, encode_chats, encode_texts
+from dllm.inference.engine import (
+    Completion,
+    Engine,
+    TextStream,
+    check_generation_config,
+    cut_at_stop,
+    encode_chats,
+    encode_texts,
+)
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
@@ -53,8 +64,8 @@ from dllm.inference.protocol import (
     CompletionRequest,
     chat_response,
     error_body,
+    new_id,
     now,
-    stream_chunks,
     text_response,
     usage,
 )
@@ -131,24 +142,74 @@ class Serving:
                      config: DiffusionGenerationConfig, chat: bool) -> JSONResponse | StreamingResponse:
         """Run the prompts (``n`` choices each) through the batcher and shape OpenAI's response."""
         rows = [prompt for prompt in prompts for _ in range(request.n)]
-        completions = await self.batcher.submit(rows, config, history=request.stream)
+        if request.stream:
+            return StreamingResponse(self.stream(request, prompts, rows, config, chat), media_type="text/event-stream")
+        completions = await self.batcher.submit(rows, config)
+        choices = self.choices(request, completions)
+        usage_ = usage(sum(len(p) for p in prompts), sum(len(c.ids) for c in completions))
+        return JSONResponse((chat_response if chat else text_response)(self.name, choices, usage_))
+
+    def choices(self, request: ChatCompletionRequest | CompletionRequest,
+                completions: list[Completion]) -> list[tuple[str, str]]:
+        """Each completion's text (cut at a stop string) and finish reason."""
         choices = []
         for completion in completions:
             text, stopped = cut_at_stop(self.engine.decode(completion.ids), request.stop_strings())
             choices.append((text, "stop" if stopped or completion.finished else "length"))
-        usage_ = usage(sum(len(p) for p in prompts), sum(len(c.ids) for c in completions))
-        if not request.stream:
-            return JSONResponse((chat_response if chat else text_response)(self.name, choices, usage_))
-        pieces = [(self.engine.stream_pieces(c, text), reason) for c, (text, reason) in zip(completions, choices)]
-        include_usage = request.stream_options is not None and request.stream_options.include_usage
-        chunks = stream_chunks(chat, self.name, pieces, usage_ if include_usage else None)
-        return StreamingResponse(_server_sent_events(chunks), media_type="text/event-stream")
+        return choices
+
+    async def stream(self, request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]],
+                     rows: list[list[int]], config: DiffusionGenerationConfig, chat: bool) -> AsyncIterator[str]:
+        """Server-sent events: (chat) a role chunk per choice, then each finished block's new text as the sampler
+        finishes it, then each choice's rest and finish reason, the usage if asked, and ``[DONE]``."""
+        chunk = _Chunks(chat, self.name)
+        streams = [TextStream(self.engine.decode, request.stop_strings()) for _ in rows]
+        blocks: asyncio.Queue[tuple[int, list[int]] | None] = asyncio.Queue()
+        task = asyncio.ensure_future(self.batcher.submit(
+            rows, config, on_block=lambda row, _block, ids: blocks.put_nowait((row, ids))))
+        task.add_done_callback(lambda _: blocks.put_nowait(None))  # after every block: they were scheduled first
+        try:
+            if chat:
+                for index in range(len(rows)):
+                    yield chunk.event(index, None, None, role=True)
+            while (item := await blocks.get()) is not None:
+                if piece := streams[item[0]].update(item[1]):
+                    yield chunk.event(item[0], piece, None)
+            completions = task.result()
+            for index, (text, reason) in enumerate(self.choices(request, completions)):
+                if piece := streams[index].finish(text):
+                    yield chunk.event(index, piece, None)
+                yield chunk.event(index, None, reason)
+            if request.stream_options is not None and request.stream_options.include_usage:
+                usage_ = usage(sum(len(p) for p in prompts), sum(len(c.ids) for c in completions))
+                yield _event({**chunk.base, "choices": [], "usage": usage_})
+        except Exception as err:  # noqa: BLE001 - not a fallback: the client gets the error as the last event
+            yield _event(error_body(f"{type(err).__name__}: {err}", type="server_error"))
+        finally:
+            task.cancel()  # a client that went away: its jobs are dropped if their batch has not run yet
+        yield "data: [DONE]\n\n"
 
 
-async def _server_sent_events(chunks: list[dict[str, Any]]) -> AsyncIterator[str]:
-    for chunk in chunks:
-        yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
+def _event(body: dict[str, Any]) -> str:
+    return f"data: {json.dumps(body)}\n\n"
+
+
+class _Chunks:
+    """The chunks of one streamed response (same id and time), as server-sent events."""
+
+    def __init__(self, chat: bool, model: str):
+        self.chat = chat
+        self.base = {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion.chunk" if chat
+                     else "text_completion", "created": now(), "model": model}
+
+    def event(self, index: int, text: str | None, reason: str | None, role: bool = False) -> str:
+        """One choice's chunk: its role (chat), a piece of text, or its finish reason."""
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+            choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": reason}
+        return _event({**self.base, "choices": [choice]})
 
 
 def _encode_chat(serving: Serving, request: ChatCompletionRequest) -> list[list[int]]:

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN
 from dllm.core.trainers.mdlm_trainer import MDLMConfig
+from dllm.errors import UsageError
+
+DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass
@@ -26,7 +29,7 @@ class ModelArguments:
                   "examples/llama3/sft.py)."},
     )
     dtype: str = field(
-        default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32."}
+        default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16 or float32.", "choices": list(DTYPES)}
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager, sdpa or flash_attention_2 (None: the family's default)."}
@@ -43,6 +46,18 @@ class ModelArguments:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "Module names that receive LoRA adapters."},
     )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the checkpoint's own Python code (auto_map in config.json); review it first."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.r < 1:
+            raise UsageError(f"r (the LoRA rank) must be a positive integer, got {self.r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise UsageError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 @dataclass
@@ -70,6 +85,12 @@ class DataArguments:
     skip_invalid_rows: bool = field(
         default=False, metadata={"help": "Drop malformed rows (counted and logged) instead of stopping."}
     )
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 1:
+            raise UsageError(f"max_seq_length must be a positive integer, got {self.max_seq_length}")
+        if self.test_size < 0 or (self.test_size >= 1 and self.test_size != int(self.test_size)):
+            raise UsageError(f"test_size must be 0, a fraction in (0, 1) or a whole count, got {self.test_size}")
 
 
 @dataclass

@@ -212,14 +212,14 @@ def test_processes_draw_disjoint_noise_from_a_shared_seed(tmp_path):
         process_index = property(lambda self: self.rank)
 
     model = tiny_model()
-    trainer = MDLMTrainer(model=model, args=config(tmp_path), data_collator=default_data_collator)
-    trainer.args = TwoProcesses(**{k: v for k, v in vars(config(tmp_path)).items() if not k.startswith("_")
-                                   and k in {f.name for f in fields(MDLMConfig) if f.init}})
     rows = copy_task_dataset(4, length=40)
     batch = default_data_collator([rows[i] for i in range(4)])
     answer = batch["labels"] != -100
     noisy, fractions = [], []
-    for rank in (0, 1):
+    for rank in (0, 1):  # a fresh trainer per rank: both stand at the same step and micro-batch, as real ranks do
+        trainer = MDLMTrainer(model=model, args=config(tmp_path), data_collator=default_data_collator)
+        trainer.args = TwoProcesses(**{k: v for k, v in vars(config(tmp_path)).items() if not k.startswith("_")
+                                       and k in {f.name for f in fields(MDLMConfig) if f.init}})
         trainer.args.rank = rank
         spy = Spy(model)
         torch.manual_seed(123)

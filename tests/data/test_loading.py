@@ -15,6 +15,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 import dllm.data.loading as loading
+from dllm.errors import UsageError
 from dllm.data import (
     MESSAGES_FORMAT,
     NAMED_FORMATS,
@@ -215,7 +216,7 @@ def test_unreadable_file_is_a_one_line_value_error_naming_it(tmp_path, name, con
     path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     with pytest.raises(ValueError) as info:
         load_sft_dataset(f"{path}[train:1]")
-    assert type(info.value) is ValueError  # not a datasets/Arrow exception
+    assert type(info.value) is UsageError  # dllm's own one-line error, not a datasets/Arrow exception
     text = str(info.value)
     assert "\n" not in text
     assert text.startswith(f"{path}: ")
@@ -490,7 +491,9 @@ def test_mixing_concatenates_per_split(tmp_path) -> None:
 
 def test_mixing_sources_with_different_columns_is_an_error(tmp_path) -> None:
     a = write_jsonl(tmp_path / "a.jsonl", chat_rows(3))
-    b = write_jsonl(tmp_path / "b.jsonl", [dict(r, images=["x.jpg"]) for r in chat_rows(3)])
+    with_image = [{"messages": [{**r["messages"][0], "content": "<image>" + r["messages"][0]["content"]},
+                                *r["messages"][1:]], "images": ["x.jpg"]} for r in chat_rows(3)]
+    b = write_jsonl(tmp_path / "b.jsonl", with_image)
     with pytest.raises(ValueError, match="cannot mix sources with different columns"):
         load_sft_dataset(f"{a}+{b}")
 

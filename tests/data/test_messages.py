@@ -131,10 +131,13 @@ def test_skip_invalid_with_every_row_bad_raises(tmp_path) -> None:
 
 def test_valid_rows_keep_images_and_drop_other_keys(tmp_path) -> None:
     system = {"role": "system", "content": "Be brief.", "name": "sys"}
-    rows = [{"messages": [system, USER, ASSISTANT], "images": ["a.jpg"], "id": 1}]
+    user = {"role": "user", "content": "<image>hi"}
+    rows = [{"messages": [system, user, ASSISTANT], "images": ["a.jpg"], "id": 1}]
     path = _write_jsonl(tmp_path / "mm.jsonl", rows)
     row = load_sft_dataset(str(path))["train"][0]
-    assert row == {"messages": [{"role": "system", "content": "Be brief."}, USER, ASSISTANT], "images": ["a.jpg"]}
+    # image paths are made absolute against the data file (the multimodal format), other keys dropped
+    assert row == {"messages": [{"role": "system", "content": "Be brief."}, user, ASSISTANT],
+                   "images": [str(tmp_path / "a.jpg")]}
 
 
 def test_first_row_malformed_is_a_row_error_not_an_unknown_format(tmp_path) -> None:

@@ -40,6 +40,13 @@ class StepRecord:
     confidence: torch.Tensor
 
 
+BlockCallback = Callable[[int, torch.Tensor, list[StepRecord]], None]
+"""``on_block(index, x, steps)``: called by :func:`denoise` (and :func:`generate`) after block ``index`` is finished,
+from the thread running the sampler, with the canvas ``x`` [B, T] (on the model's device; later masked
+positions are still masks, or EOS in rows that finished) and that block's :class:`StepRecord` list (empty
+unless ``config.record_history``). It must not modify ``x``."""
+
+
 @dataclass
 class GenerationOutput:
     """``sequences`` [B, T] (prompt and answer, or the filled canvas), the number of model forward passes, and the
@@ -91,11 +98,12 @@ def finish_at_eos(x: torch.Tensor, start: int, end: int,
 @torch.no_grad()
 def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: DiffusionGenerationConfig,
             start: int, conditioning: torch.Tensor, stop_at_eos: bool = False,
-            generator: torch.Generator | None = None) -> GenerationOutput:
+            generator: torch.Generator | None = None, on_block: BlockCallback | None = None) -> GenerationOutput:
     """Fill the masked positions of columns ``[start, T)`` of ``x`` [B, T], block by block.
 
     ``conditioning`` [B, T] marks what the unconditional (guidance) pass masks out. With ``stop_at_eos`` the loop
-    ends once every row has finished a block holding EOS.
+    ends once every row has finished a block holding EOS. ``on_block(index, x, steps)`` is called after each
+    finished block (see :data:`BlockCallback`), so a caller can show or stream an answer while the loop runs.
     """
     positions = position_ids(attention_mask)  # [B, T]
     blocks = block_bounds(start, x.shape[1], config.block_size)
@@ -103,7 +111,7 @@ def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: Diffus
     history, passes = [], 0
     bar = tqdm(total=sum(budgets), unit="step", leave=False, disable=not config.progress)
     for index, (block, budget) in enumerate(zip(blocks, budgets)):
-        forward = GuidedForward(model, config, attention_mask, positions, block, conditioning)
+        forward, first = GuidedForward(model, config, attention_mask, positions, block, conditioning), len(history)
         for step in range(budget):
             if not (x[:, block[0]:block[1]] == config.mask_token_id).any():
                 break  # done early: the threshold, or an infilled block with fewer masks than steps
@@ -112,10 +120,13 @@ def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: Diffus
                 history.append(StepRecord(index, step, committed.cpu(), x.cpu(), scores.cpu()))
             bar.update()
         passes += forward.calls
+        done = False
         if stop_at_eos and config.eos_token_id is not None:
             x, done = finish_at_eos(x, start, block[1], config)
-            if done:
-                break
+        if on_block is not None:
+            on_block(index, x, history[first:])
+        if done:
+            break
     bar.close()
     return GenerationOutput(x, passes, history if config.record_history else None)
 
@@ -128,12 +139,12 @@ def _mask_token_id(config: DiffusionGenerationConfig) -> int:
 
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
-             attention_mask: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> GenerationOutput:
+             attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
+             on_block: BlockCallback | None = None) -> GenerationOutput:
     """Fill ``config.gen_length`` masked positions after the left-padded ``prompt_ids`` [B, P].
 
     ``attention_mask`` [B, P] marks real prompt tokens (1) and left padding (0). ``sequences`` is [B, P + G] with
-    no mask token left in the answer (a finished row's tail is EOS).
+    no mask token left in the answer (a finished row's tail is EOS). ``on_block``: see :data:`BlockCallback`.
     """
     mask_id = _mask_token_id(config)
     if config.steps is not None and config.steps > config.gen_length:
@@ -145,7 +156,8 @@ def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
     x = torch.cat([prompt_ids, answer], dim=1)  # [B, P + G]
     attention = torch.cat([attention_mask, torch.ones_like(answer)], dim=1)  # [B, P + G]
     conditioning = F.pad(attention_mask.bool(), (0, config.gen_length))  # [B, P + G], the real prompt
-    return denoise(model, x, attention, config, prompt_len, conditioning, stop_at_eos=True, generator=generator)
+    return denoise(model, x, attention, config, prompt_len, conditioning, stop_at_eos=True, generator=generator,
+                   on_block=on_block)
 
 
 def mask_spans(input_ids: torch.Tensor, spans: Spans | list[Spans], mask_token_id: int,

@@ -8,6 +8,7 @@ checkpointing, logging — is ``transformers.Trainer``'s.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -75,6 +76,13 @@ class MDLMConfig(TrainingArguments):
         super().__post_init__()
         if not 0.0 <= self.time_eps <= 1.0:
             raise ValueError(f"time_eps must be in [0, 1], got {self.time_eps}")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name, allowed in (("time_sampler", ("antithetic", "uniform")), ("loss_weighting", ("elbo", "uniform")),
+                              ("loss_normalization", ("token", "sequence"))):
+            if getattr(self, name) not in allowed:  # Literal hints are not checked outside the command line
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         make_schedule(self.schedule, self.schedule_power)  # raises on a power the schedule does not take
         if self.remove_unused_columns:
             warnings.warn(
@@ -84,6 +92,13 @@ class MDLMConfig(TrainingArguments):
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def noise_seed(*key: int | str) -> int:
+    """A 63-bit seed from a key such as ``(seed, "train", step, micro_batch)``: SHA-256 of its ``repr``, so
+    neighbouring keys give unrelated streams and the value is the same in every process and Python run."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def as_mdlm_config(args: TrainingArguments | None) -> MDLMConfig:
@@ -133,6 +148,11 @@ class MDLMTrainer(Trainer):
         # added. log() reads them (one host sync per log, not per step).
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
         self._metric_counts: dict[str, int] = {"train": 0, "eval": 0}
+        # Where the diffusion noise stands: training (optimizer step, micro-batches drawn at that step), and the
+        # batches drawn in the current evaluation loop. One generator per device, re-seeded per micro-batch.
+        self._train_noise_position: tuple[int, int] = (-1, 0)
+        self._eval_noise_batches = 0
+        self._noise_generators: dict[torch.device, torch.Generator] = {}
 
     # ---- the family hook -------------------------------------------------------------------------
     def _preprocess_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -153,15 +173,18 @@ class MDLMTrainer(Trainer):
         inputs = self._preprocess_inputs(dict(inputs))
         input_ids, labels = inputs.pop("input_ids"), inputs.pop("labels")  # [B, L], [B, L]
 
-        # 1. One diffusion time per sequence, t in [eps, 1]. Every process is seeded alike, so the draws are
+        # 1. One diffusion time per sequence, t in [eps, 1]. The noise comes from its own generator, seeded by
+        #    (seed, optimizer step, micro-batch) alike on every process (see _noise_generator), so the draws are
         #    made for the global batch and each process keeps its slice: processes never share t or masks,
         #    and the low-discrepancy grid spans the global batch.
         world, rank, batch = args.world_size, args.process_index, input_ids.shape[0]
+        generator = self._noise_generator(training, input_ids.device)
         t = sample_t(world * batch, eps=args.time_eps, antithetic=args.time_sampler == "antithetic",
-                     device=input_ids.device)[rank * batch : (rank + 1) * batch]  # [B]
+                     device=input_ids.device, generator=generator)[rank * batch : (rank + 1) * batch]  # [B]
 
         # 2. Forward process: mask answer tokens with probability 1 - alpha(t).
-        uniforms = torch.rand((world, *input_ids.shape), device=input_ids.device)[rank]  # [B, L]
+        uniforms = torch.rand((world, *input_ids.shape), device=input_ids.device,
+                              generator=generator)[rank]  # [B, L]
         noisy_ids, masked = mask_tokens(input_ids, labels, self.schedule.mask_probability(t), self.mask_token_id,
                                         uniforms=uniforms)  # [B, L], [B, L]
 
@@ -199,7 +222,49 @@ class MDLMTrainer(Trainer):
             total = self.accelerator.gather(total).sum()
         return total
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """Trainer's ``train``; ``resume_from_checkpoint`` defaults to ``--resume_from_checkpoint``.
+
+        ``TrainingArguments.resume_from_checkpoint`` is only read by scripts in plain Trainer; reading it here makes
+        the flag work in every dllm entry point (``dllm sft``, ``examples/*/sft.py``) without each script passing
+        it on. An explicit argument wins.
+        """
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's loop, with the evaluation noise restarted: batch ``i`` of every evaluation sees the same
+        ``t`` and masks, so checkpoints are compared on common noise (``load_best_model_at_end``)."""
+        self._eval_noise_batches = 0
+        return super().evaluation_loop(*args, **kwargs)
+
     # ---- helpers ---------------------------------------------------------------------------------
+    def _noise_generator(self, training: bool, device: torch.device) -> torch.Generator:
+        """The generator of one micro-batch's ``t`` and masks, seeded by where the micro-batch stands.
+
+        Training: ``(seed, global_step, k)`` for the ``k``-th micro-batch of the accumulation window that ends in
+        optimizer step ``global_step + 1``; evaluation: ``(seed, "eval", i)`` for batch ``i`` of the loop. The
+        noise is thus a function of the position alone: it does not depend on what else drew from the global
+        RNG (dropout, data loading, evaluation between steps), and a run resumed from a checkpoint (which always
+        ends an accumulation window) draws exactly what the uninterrupted run drew. Every process derives the
+        same generator and slices one global draw (see :meth:`compute_loss`).
+        """
+        if training:
+            step, drawn = self._train_noise_position
+            if step != self.state.global_step:
+                step, drawn = self.state.global_step, 0
+            self._train_noise_position = (step, drawn + 1)
+            key: tuple[int | str, ...] = (self.args.seed, "train", step, drawn)
+        else:
+            key = (self.args.seed, "eval", self._eval_noise_batches)
+            self._eval_noise_batches += 1
+        device = torch.device(device)
+        generator = self._noise_generators.get(device)
+        if generator is None:
+            generator = self._noise_generators[device] = torch.Generator(device=device)
+        return generator.manual_seed(noise_seed(*key))
+
     def _resolve_mask_token_id(self, explicit: int | None) -> int:
         candidates = [explicit]
         processing = self.processing_class

@@ -1,0 +1,244 @@
+"""``dllm chat``: a multi-turn chat with a checkpoint in the terminal, watching each answer unmask.
+
+    dllm chat outputs/demo                                   # the checkpoint's saved sampler settings
+    dllm chat outputs/demo --block_size 4 --steps 8 --step_delay 0.1 --show_steps True
+    printf 'sort 8213\\n/reset\\nreverse abc\\n' | dllm chat outputs/demo   # piped: answers only, one per line
+
+Every line you type is a user turn of one conversation, sent through the checkpoint's chat template with the
+turns before it. While the answer is generated the screen shows its canvas: masked positions as ``░``,
+EOS as ``·``, the tokens the latest step committed highlighted; the sampler runs in a worker thread and
+hands over each finished block with its steps (the sampler's ``on_block`` callback), which are drawn
+``--step_delay`` seconds apart.
+Then the final answer is printed. Commands: ``/reset`` (forget the conversation), ``/settings`` (show the
+sampler settings), ``/settings steps=4 threshold=0.9`` (change them; ``none`` unsets), ``/help``, ``/quit``.
+
+With no terminal (standard input not a tty) nothing but the answers is printed, one line each (a newline in
+an answer is written as ``\\n``); the commands still work, silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dllm.core.sampling import DiffusionGenerationConfig, GenerationOutput, StepRecord, answer_ids, generate
+from dllm.errors import UsageError
+from dllm.inference.engine import check_generation_config, encode_chats
+from dllm.inference.loading import (
+    CheckpointArguments,
+    LoadedCheckpoint,
+    SamplerOptions,
+    load_checkpoint,
+    parse_verb_args,
+    sampler_overrides,
+)
+
+MASK_GLYPH = "░"
+SPECIAL_GLYPH = "·"
+# What /settings shows and may change: the sampler options, not the token ids that come with the checkpoint.
+SETTINGS = ("gen_length", "steps", "block_size", "remasking", "threshold", "temperature", "top_k", "top_p",
+            "cfg_scale", "cache")
+HELP = ("/reset  forget the conversation   /settings [name=value ...]  show or change sampler settings   "
+        "/quit  leave")
+
+
+@dataclass
+class ChatArguments:
+    """How the terminal shows the answers."""
+
+    step_delay: float = field(default=0.05, metadata={
+        "help": "Seconds each denoising step stays on screen (0: as fast as the sampler)."})
+    show_steps: bool = field(default=False, metadata={
+        "help": "Keep every step's canvas on screen, one line each, instead of redrawing one line."})
+
+
+def parse_settings(config: DiffusionGenerationConfig, text: str) -> DiffusionGenerationConfig:
+    """``config`` with ``name=value`` pairs applied (``none`` unsets; numbers as numbers; else a string).
+
+    Raises:
+        ValueError: an unknown name, a pair without ``=``, or a value the config refuses (the message says which).
+    """
+    changes: dict[str, Any] = {}
+    for pair in text.split():
+        name, sep, raw = pair.partition("=")
+        if not sep or name not in SETTINGS:
+            raise ValueError(f"{pair!r}: expected name=value with a name among {', '.join(SETTINGS)}")
+        changes[name] = None if raw.lower() == "none" else _literal(raw)
+    try:
+        return check_generation_config(replace(config, **changes))
+    except TypeError as err:  # a string where a number belongs: the config's comparisons refuse it
+        raise ValueError(f"{text}: a value has the wrong type ({err})") from err
+
+
+def _literal(raw: str) -> Any:
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+    return value if isinstance(value, (int, float)) else raw
+
+
+def token_pieces(tokenizer, ids: list[int], mask_token_id: int) -> list[str]:
+    """The text of each answer position: ``░`` for a mask, ``·`` for another special token (EOS, padding)."""
+    special = set(tokenizer.all_special_ids)
+    return [MASK_GLYPH if i == mask_token_id else SPECIAL_GLYPH if i in special else tokenizer.decode([i])
+            for i in ids]
+
+
+class Chat:
+    """One conversation with a loaded checkpoint: :meth:`handle` takes each input line."""
+
+    def __init__(self, loaded: LoadedCheckpoint, args: ChatArguments | None = None, console: Any = None):
+        self.loaded, self.args, self.console = loaded, args or ChatArguments(), console
+        self.config = replace(loaded.generation_config, record_history=False, progress=False)
+        self.messages: list[dict[str, str]] = []
+
+    def handle(self, line: str) -> str | None:
+        """Answer a user turn, or run a command; returns the answer (``None`` for a command). Raises
+        :class:`EOFError` on ``/quit``."""
+        line = line.strip()
+        command, _, rest = line.partition(" ")
+        if command in ("/quit", "/exit"):
+            raise EOFError
+        if command == "/reset":
+            self.messages = []
+            self._say("conversation cleared")
+        elif command == "/settings":
+            self._settings(rest)
+        elif command == "/help" or (line.startswith("/") and command != "/"):
+            self._say(HELP if command == "/help" else f"unknown command {command}; {HELP}")
+        elif line:
+            return self.reply(line)
+        return None
+
+    def reply(self, text: str) -> str:
+        """Answer ``text`` as the next user turn (drawing the canvas on a console) and remember both turns."""
+        self.messages.append({"role": "user", "content": text})
+        prompt = encode_chats(self.loaded.tokenizer, [self.messages])[0]
+        out = self._generate(prompt) if self.console is not None else self._run(prompt, None)
+        ids = answer_ids(out.sequences.cpu(), len(prompt), self.config.eos_token_id)[0]
+        answer = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+    def _run(self, prompt: list[int], on_block: Any) -> GenerationOutput:
+        import torch
+
+        device = next(self.loaded.model.parameters()).device
+        config = replace(self.config, record_history=on_block is not None)
+        return generate(self.loaded.model, torch.tensor([prompt], device=device), config, on_block=on_block)
+
+    def _generate(self, prompt: list[int]) -> GenerationOutput:
+        """Run the sampler in a thread; draw each step of each block as the block arrives."""
+        from rich.live import Live
+
+        blocks: queue.Queue[list[StepRecord] | None] = queue.Queue()
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                result["out"] = self._run(prompt, lambda _index, _x, steps: blocks.put(steps))
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread below
+                result["error"] = err
+            finally:
+                blocks.put(None)
+
+        thread = threading.Thread(target=work, name="dllm-chat-sampler", daemon=True)
+        thread.start()
+        with Live(console=self.console, transient=True, refresh_per_second=30) as live:
+            while (steps := blocks.get()) is not None:
+                for record in steps:
+                    view = self._canvas(record, len(prompt))
+                    if self.args.show_steps:
+                        live.console.print(view)
+                    else:
+                        live.update(view)
+                    time.sleep(self.args.step_delay)
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["out"]
+
+    def _canvas(self, record: StepRecord, prompt_length: int) -> Any:
+        """One step's answer canvas: masks dim, the tokens this step committed highlighted."""
+        from rich.text import Text
+
+        ids = record.tokens[0, prompt_length:].tolist()
+        new = record.committed[0, prompt_length:].tolist()
+        view = Text(f"step {record.step + 1:>3} block {record.block + 1:>2}  ", style="dim")
+        for piece, committed in zip(token_pieces(self.loaded.tokenizer, ids, self.config.mask_token_id), new):
+            view.append(piece, style="bold black on green" if committed else "" if piece.strip("░·") else "dim")
+        return view
+
+    def _settings(self, text: str) -> None:
+        if text.strip():
+            try:
+                self.config = parse_settings(self.config, text)
+            except ValueError as err:
+                self._say(f"settings unchanged: {err}")
+                return
+        self._say("  ".join(f"{name}={getattr(self.config, name)}" for name in SETTINGS))
+
+    def _say(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message, style="yellow", markup=False, highlight=False)
+
+
+def _interactive(chat: Chat) -> None:
+    from rich.text import Text
+
+    console = chat.console
+    console.print(f"dllm chat with {chat.loaded.default_name}. {HELP}", style="dim", markup=False, highlight=False)
+    while True:
+        try:
+            line = console.input("[bold cyan]you>[/] ")
+        except (EOFError, KeyboardInterrupt):
+            console.print()
+            return
+        try:
+            answer = chat.handle(line)
+        except EOFError:
+            return
+        except KeyboardInterrupt:
+            chat.messages = chat.messages[:-1]  # the unanswered turn
+            console.print("(interrupted)", style="yellow")
+            continue
+        if answer is not None:
+            console.print(Text("dllm> ", style="bold green") + Text(answer))
+
+
+def _piped(chat: Chat, lines: Any) -> None:
+    for line in lines:
+        try:
+            answer = chat.handle(line)
+        except EOFError:
+            return
+        if answer is not None:
+            print(answer.replace("\n", "\\n"), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``dllm chat`` with command-line ``argv`` until ``/quit`` or the end of the input.
+
+    Raises:
+        UsageError: a checkpoint that cannot be loaded or has no chat template, a bad option.
+    """
+    checkpoint, _, (args, load_args, options) = parse_verb_args(
+        "dllm chat", sys.argv[1:] if argv is None else argv, (ChatArguments, CheckpointArguments, SamplerOptions))
+    if args.step_delay < 0:
+        raise UsageError(f"--step_delay must be at least 0, got {args.step_delay}")
+    loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
+    if loaded.tokenizer.chat_template is None:
+        raise UsageError(f"{checkpoint}: the tokenizer has no chat template")
+    if not sys.stdin.isatty():
+        _piped(Chat(loaded, args), sys.stdin)
+        return
+    from rich.console import Console
+
+    _interactive(Chat(loaded, args, Console(highlight=False)))
+

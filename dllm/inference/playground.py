@@ -1,0 +1,193 @@
+"""``dllm playground``: a web page (gradio) to watch a checkpoint's answers unmask.
+
+    pip install 'dllm[web]'
+    dllm playground outputs/demo --port 7860          # then open http://127.0.0.1:7860
+
+Type a prompt (one user turn through the chat template), choose the answer length, steps, block size, threshold
+and cache, and press Generate. The answer canvas is redrawn after every denoising step: masked positions as
+``░``, each committed token coloured by the step that committed it (blue early, red late), the newest ones
+outlined. The sampler runs in a worker thread and hands over each finished block with its steps (the sampler's
+``on_block`` callback), so the page updates while later blocks are still being computed. A bar chart shows how
+many tokens each step committed (with a threshold, confident steps commit many). The final answer is the one
+:func:`~dllm.core.sampling.generate_text` gives for the same prompt and settings.
+"""
+
+from __future__ import annotations
+
+import html
+import queue
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from dllm.core.sampling import CACHE_MODES, DiffusionGenerationConfig, StepRecord, answer_ids, generate
+from dllm.errors import UsageError
+from dllm.inference.chat import MASK_GLYPH, token_pieces
+from dllm.inference.engine import check_generation_config, encode_chats
+from dllm.inference.loading import (
+    CheckpointArguments,
+    LoadedCheckpoint,
+    SamplerOptions,
+    load_checkpoint,
+    parse_verb_args,
+    sampler_overrides,
+)
+
+
+@dataclass
+class PlaygroundArguments:
+    """Where the page is served."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
+    port: int = field(default=7860, metadata={"help": "Port to listen on."})
+
+
+def step_colour(step: int, total: int) -> str:
+    """A CSS colour for a token committed at ``step`` (0-based) of ``total``: hue 220 (blue) to 0 (red)."""
+    hue = 220 if total <= 1 else round(220 * (1 - step / (total - 1)))
+    return f"hsl({hue}, 75%, 80%)"
+
+
+def canvas_html(pieces: list[str], committed_at: list[int | None], total: int, newest: int) -> str:
+    """The answer canvas as HTML: ``pieces[i]`` coloured by the step that committed it (``None``: masked)."""
+    spans = []
+    for piece, step in zip(pieces, committed_at):
+        if step is None:
+            spans.append(f'<span class="masked" style="color:#999">{MASK_GLYPH}</span>')
+            continue
+        outline = ";outline:2px solid #222" if step == newest else ""
+        spans.append(f'<span class="committed" data-step="{step + 1}" title="step {step + 1}" style="background:'
+                     f'{step_colour(step, total)}{outline};padding:0 1px">{html.escape(piece) or "&nbsp;"}</span>')
+    return ('<div id="canvas-view" style="font-family:monospace;font-size:1.6em;white-space:pre-wrap;'
+            f'letter-spacing:2px">{"".join(spans)}</div>')
+
+
+def _records(loaded: LoadedCheckpoint, prompt: list[int], config: DiffusionGenerationConfig,
+             ) -> Iterator[StepRecord | list[int]]:
+    """Each step's record as soon as its block is finished, then the answer ids (before EOS)."""
+    import torch
+
+    blocks: queue.Queue[list[StepRecord] | None] = queue.Queue()
+    result: dict[str, Any] = {}
+    device = next(loaded.model.parameters()).device
+
+    def work() -> None:
+        try:
+            out = generate(loaded.model, torch.tensor([prompt], device=device), replace(config, record_history=True),
+                           on_block=lambda _index, _x, steps: blocks.put(steps))
+            result["ids"] = answer_ids(out.sequences.cpu(), len(prompt), config.eos_token_id)[0]
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
+            result["error"] = err
+        finally:
+            blocks.put(None)
+
+    threading.Thread(target=work, name="dllm-playground-sampler", daemon=True).start()
+    while (steps := blocks.get()) is not None:
+        yield from steps
+    if "error" in result:
+        raise result["error"]
+    yield result["ids"]
+
+
+class Playground:
+    """The page's handler: settings in, a stream of (canvas, answer, tokens-per-step) updates out."""
+
+    def __init__(self, loaded: LoadedCheckpoint):
+        self.loaded = loaded
+
+    def settings(self, gen_length: float, steps: float, block_size: float, threshold: float,
+                 cache: str) -> DiffusionGenerationConfig:
+        """The checkpoint's settings with the page's (0 block size or threshold: off)."""
+        return check_generation_config(replace(
+            self.loaded.generation_config, gen_length=int(gen_length), steps=int(steps),
+            block_size=int(block_size) or None, threshold=float(threshold) or None, cache=cache, progress=False))
+
+    def run(self, prompt: str, gen_length: float, steps: float, block_size: float, threshold: float,
+            cache: str) -> Iterator[tuple[str, str, Any]]:
+        """Generate the answer to ``prompt``, yielding the canvas after every step, then the answer."""
+        import gradio as gr
+
+        try:
+            config = self.settings(gen_length, steps, block_size, threshold, cache)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        prompt_ids = encode_chats(self.loaded.tokenizer, [[{"role": "user", "content": prompt}]])[0]
+        size = config.gen_length
+        committed_at: list[int | None] = [None] * size
+        per_step: list[int] = []
+        pieces = [MASK_GLYPH] * size
+        for item in _records(self.loaded, prompt_ids, config):
+            if isinstance(item, list):  # the answer ids: done
+                answer = self.loaded.tokenizer.decode(item, skip_special_tokens=True)
+                yield canvas_html(pieces, committed_at, len(per_step), -1), answer, _plot(per_step)
+                return
+            new = item.committed[0, len(prompt_ids):].tolist()
+            for position, flag in enumerate(new):
+                if flag:
+                    committed_at[position] = len(per_step)
+            per_step.append(sum(new))
+            pieces = token_pieces(self.loaded.tokenizer, item.tokens[0, len(prompt_ids):].tolist(),
+                                  config.mask_token_id)
+            yield canvas_html(pieces, committed_at, config.steps or size, len(per_step) - 1), "", _plot(per_step)
+
+
+def _plot(per_step: list[int]) -> Any:
+    """The bar chart's data: one row per step, ``step`` a label (``#1``, ``#2``...), ``tokens committed`` a count.
+
+    The dtypes are explicit: the page is built with the empty frame, and an empty ``pd.DataFrame`` has float
+    columns, so gradio typed ``step`` as quantitative and the browser kept that linear axis, on which the
+    later ``#1`` labels are NaN: the chart stayed empty (axes only) however many steps had run.
+    """
+    import pandas as pd
+
+    # steps as labels (a categorical axis, in order), not numbers to interpolate between
+    return pd.DataFrame({"step": pd.Series([f"#{i}" for i in range(1, len(per_step) + 1)], dtype=str),
+                         "tokens committed": pd.Series(per_step, dtype="int64")})
+
+
+def build_app(loaded: LoadedCheckpoint) -> Any:
+    """The gradio ``Blocks`` page for ``loaded`` (not launched)."""
+    import gradio as gr
+
+    playground, config = Playground(loaded), loaded.generation_config
+    with gr.Blocks(title=f"dllm playground: {loaded.default_name}", analytics_enabled=False) as page:
+        gr.Markdown(f"### dllm playground: `{loaded.default_name}`\nMasked positions are `{MASK_GLYPH}`; each "
+                    "token is coloured by the step that committed it (blue early, red late), the newest outlined.")
+        with gr.Row():
+            prompt = gr.Textbox(label="Prompt", placeholder="sort 8213", elem_id="prompt", scale=4)
+            button = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
+        with gr.Row():
+            gen_length = gr.Slider(1, 256, value=config.gen_length, step=1, label="answer length", elem_id="length")
+            steps = gr.Slider(1, 256, value=config.steps or config.gen_length, step=1, label="steps", elem_id="steps")
+            block = gr.Slider(0, 256, value=config.block_size or 0, step=1, label="block size (0: one block)",
+                              elem_id="block")
+            threshold = gr.Slider(0, 1, value=config.threshold or 0, step=0.05, label="threshold (0: off)",
+                                  elem_id="threshold")
+            cache = gr.Dropdown(list(CACHE_MODES), value=config.cache, label="cache", elem_id="cache")
+        canvas = gr.HTML(canvas_html([MASK_GLYPH] * config.gen_length, [None] * config.gen_length, 1, -1),
+                         elem_id="canvas")
+        answer = gr.Textbox(label="Answer", elem_id="answer", interactive=False)
+        # y from 0 (gradio's default scale leaves out zero: the smallest count would be a bar of no height)
+        plot = gr.BarPlot(_plot([]), x="step", y="tokens committed", title="tokens committed per step",
+                          y_lim=[0, None], elem_id="plot")
+        inputs = [prompt, gen_length, steps, block, threshold, cache]
+        button.click(playground.run, inputs, [canvas, answer, plot])
+        prompt.submit(playground.run, inputs, [canvas, answer, plot])
+    return page
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``dllm playground`` with command-line ``argv`` until interrupted.
+
+    Raises:
+        UsageError: a checkpoint that cannot be loaded or has no chat template, a bad option.
+    """
+    checkpoint, _, (args, load_args, options) = parse_verb_args(
+        "dllm playground", sys.argv[1:] if argv is None else argv,
+        (PlaygroundArguments, CheckpointArguments, SamplerOptions))
+    loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
+    if loaded.tokenizer.chat_template is None:
+        raise UsageError(f"{checkpoint}: the tokenizer has no chat template")
+    build_app(loaded).launch(server_name=args.host, server_port=args.port, show_error=True)

@@ -1,0 +1,146 @@
+"""``dllm merge-lora BASE ADAPTER OUT``: fold a LoRA adapter into its base model, giving a standalone checkpoint.
+
+    dllm merge-lora meta-llama/Meta-Llama-3-8B-Instruct outputs/sft/adapter outputs/sft-merged
+    dllm merge-lora /ckpt/base outputs/sft/adapter outputs/sft --overwrite True   # beside the adapter
+
+``dllm sft --lora True`` saves the adapter in ``OUT/adapter`` (with the tokenizer, mask token included); under
+DeepSpeed/FSDP that is all it saves. Merging redoes what the recipe did before wrapping the model in LoRA (load
+``BASE`` as a bidirectional masked LM, give it the tokenizer's mask token, resizing the embeddings when ``BASE``
+has fewer rows), loads the adapter (with the resized embedding rows peft saves when embeddings were resized)
+and merges it with ``merge_and_unload``. ``OUT`` then holds a checkpoint that
+``AutoModelForMaskedDiffusion.from_pretrained`` and ``dllm sample``/``serve``/``eval`` load, whose logits equal
+the adapter model's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from dllm.auto import AutoModelForMaskedDiffusion, load_tokenizer
+from dllm.core.models.masked_lm import add_mask_token
+from dllm.errors import UsageError
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+
+
+@dataclass
+class MergeArguments:
+    """Options of ``dllm merge-lora`` (besides BASE, ADAPTER and OUT)."""
+
+    overwrite: bool = field(default=False, metadata={
+        "help": "Write into an OUT folder that is not empty (files of the same names are replaced; nothing is "
+                "deleted)."})
+    dtype: str = field(default="auto", metadata={
+        "help": "Dtype to load BASE in and save OUT with (auto keeps BASE's).",
+        "choices": ["auto", "float32", "bfloat16", "float16"]})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run BASE's own Python code (auto_map in config.json); review it first."})
+
+
+def check_adapter(adapter: str | Path) -> dict:
+    """The adapter's ``adapter_config.json``.
+
+    Raises:
+        UsageError: no such folder, or a folder that is not a peft adapter (no readable ``adapter_config.json``).
+    """
+    path = Path(adapter)
+    if not path.is_dir():
+        raise UsageError(f"{adapter}: no such adapter folder")
+    config_file = path / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise UsageError(f"{adapter}: not a peft adapter folder (no {ADAPTER_CONFIG}); give the adapter folder "
+                         "dllm sft --lora True saves, OUT/adapter")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{config_file}: not a peft adapter config ({err})") from err
+    if not isinstance(config, dict) or "peft_type" not in config:
+        raise UsageError(f"{config_file}: not a peft adapter config (no peft_type)")
+    return config
+
+
+def check_output(out: str | Path, adapter: str | Path, base: str, overwrite: bool) -> None:
+    """Refuse an OUT that is a file, is BASE, or is a folder with contents (other than ADAPTER) unless
+    ``overwrite``."""
+    out_path, adapter_path = Path(out), Path(adapter).resolve()
+    if out_path.exists() and not out_path.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder")
+    if Path(base).is_dir() and out_path.resolve() == Path(base).resolve():
+        raise UsageError(f"{out}: is BASE; write the merged model to another folder")
+    contents = [p for p in out_path.iterdir() if p.resolve() != adapter_path] if out_path.is_dir() else []
+    if contents and not overwrite:
+        raise UsageError(f"{out}: exists and is not empty; choose a new folder or pass --overwrite True "
+                         "(files of the same names are replaced)")
+
+
+def _embedding_rows_saved(model: PreTrainedModel, adapter: Path) -> bool:
+    """Whether the adapter holds the input embedding matrix (peft saves it when the embeddings were resized)."""
+    from safetensors import safe_open
+
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return True  # a .bin adapter: cannot look inside cheaply; peft reports a mismatch itself
+    embedding = model.get_input_embeddings()
+    name = next(n for n, m in model.named_modules() if m is embedding)
+    with safe_open(str(weights), framework="pt") as f:
+        return any(key.endswith(f"{name}.weight") for key in f.keys())
+
+
+def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bool = False, dtype: str = "auto",
+               trust_remote_code: bool = False) -> PreTrainedModel:
+    """Merge ``adapter`` into ``base`` and save the model and tokenizer to ``out``; returns the merged model.
+
+    Raises:
+        UsageError: a missing BASE or ADAPTER, an ADAPTER that is not a peft adapter or does not fit BASE, an
+            OUT that is not empty (without ``overwrite``), or an adapter without the resized embedding rows its
+            tokenizer's mask token needs.
+    """
+    from peft import PeftModel
+
+    check_adapter(adapter)
+    check_output(out, adapter, base, overwrite)
+    adapter = Path(adapter)
+    has_tokenizer = any((adapter / name).is_file() for name in _TOKENIZER_FILES)
+    tokenizer = load_tokenizer(str(adapter) if has_tokenizer else base, trust_remote_code)
+    model = AutoModelForMaskedDiffusion.from_pretrained(
+        base, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code)
+    rows = model.get_input_embeddings().weight.shape[0]
+    add_mask_token(model, tokenizer)  # as the recipe did before wrapping the model in LoRA
+    if model.get_input_embeddings().weight.shape[0] != rows and not _embedding_rows_saved(model, adapter):
+        raise UsageError(f"{adapter}: BASE {base} has {rows} embedding rows, the adapter's tokenizer needs "
+                         f"{len(tokenizer)}, and the adapter holds no embedding weights, so the mask token's row it "
+                         "was trained with is lost; merge with the base it was trained from")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except RuntimeError as err:  # torch's load_state_dict "size mismatch"
+        if "size mismatch" not in str(err):
+            raise
+        raise UsageError(f"{adapter}: does not fit BASE {base} ({' '.join(str(err).split())[:300]})") from err
+    merged = peft_model.merge_and_unload()
+    Path(out).mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return merged
+
+
+def main(argv: list[str] | None = None) -> PreTrainedModel:
+    """Run ``dllm merge-lora BASE ADAPTER OUT [--overwrite True] [--dtype ...]``."""
+    from dllm.inference.loading import VerbArgumentParser
+
+    parser = VerbArgumentParser((MergeArguments,), prog="dllm merge-lora")
+    parser.add_argument("base", help="The base checkpoint the adapter was trained from (folder or hub id).")
+    parser.add_argument("adapter", help="The adapter folder (dllm sft --lora True writes OUT/adapter).")
+    parser.add_argument("out", help="Where the merged checkpoint goes (a new or empty folder).")
+    namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    merged = merge_lora(namespace.base, namespace.adapter, namespace.out, overwrite=namespace.overwrite,
+                        dtype=namespace.dtype, trust_remote_code=namespace.trust_remote_code)
+    print(f"merged {namespace.adapter} into {namespace.base}: wrote {namespace.out}", file=sys.stderr)
+    return merged

@@ -1,0 +1,121 @@
+"""``dllm chat`` the way a person uses it: typed into a real terminal (tmux) on the tiny checkpoint, asserting on
+what the screen shows; and piped, answers only. Answers must be the sampler's own for the same conversation."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, generate, generate_text
+from dllm.inference.chat import MASK_GLYPH, parse_settings
+from dllm.inference.engine import encode_chats
+from dllm.inference.loading import CheckpointArguments, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_checkpoint(str(tiny_checkpoint), CheckpointArguments(device="cpu"))
+
+
+def conversation_answer(loaded, messages: list[dict[str, str]], config: DiffusionGenerationConfig) -> str:
+    """What the sampler answers to the whole conversation (chat template, all turns)."""
+    prompt = encode_chats(loaded.tokenizer, [messages])[0]
+    out = generate(loaded.model, torch.tensor([prompt]), config)
+    return loaded.tokenizer.decode(answer_ids(out.sequences, len(prompt), config.eos_token_id)[0],
+                                   skip_special_tokens=True)
+
+
+def test_parse_settings_changes_names_and_refuses_mistakes():
+    config = DiffusionGenerationConfig(gen_length=8)
+    changed = parse_settings(config, "steps=4 threshold=0.9 cache=prefix block_size=none")
+    assert (changed.steps, changed.threshold, changed.cache, changed.block_size) == (4, 0.9, "prefix", None)
+    for bad, message in [("stepz=2", "stepz"), ("steps", "name=value"), ("steps=9", "steps"),
+                         ("cache=fast", "cache"), ("steps=abc", "wrong type")]:
+        with pytest.raises(ValueError, match=message):
+            parse_settings(config, bad)
+
+
+def test_piped_chat_prints_only_the_answers(tiny_checkpoint, loaded):
+    config = replace(loaded.generation_config, steps=4)
+    expected = generate_text(loaded.model, loaded.tokenizer, ["hello", "abc"], config)
+    assert all("\n" not in answer for answer in expected)
+    result = subprocess.run([sys.executable, "-m", "dllm.cli", "chat", str(tiny_checkpoint), "--device", "cpu",
+                             "--steps", "4"], input="hello\n/settings\n/reset\nabc\n/quit\nnever answered\n",
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == expected  # /reset: "abc" is answered as a first turn
+
+
+class Terminal:
+    """A tmux session of 120x40 running one command."""
+
+    def __init__(self, name: str, command: str):
+        self.name = name
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", command], check=True)
+
+    def type(self, text: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.name, "-l", text], check=True)
+        subprocess.run(["tmux", "send-keys", "-t", self.name, "Enter"], check=True)
+
+    def screen(self) -> str:
+        return subprocess.run(["tmux", "capture-pane", "-pt", self.name, "-S", "-200"], capture_output=True,
+                              text=True, check=True).stdout
+
+    def wait_for(self, predicate, timeout: float = 180) -> str:
+        deadline = time.monotonic() + timeout
+        while not predicate(screen := self.screen()):
+            assert time.monotonic() < deadline, f"timed out; the screen shows:\n{screen}"
+            time.sleep(0.2)
+        return screen
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def answers_on(screen: str) -> list[str]:
+    return [line.removeprefix("dllm> ").rstrip() for line in screen.splitlines() if line.startswith("dllm> ")]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux to drive a real terminal")
+def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_checkpoint, loaded, tmp_path):
+    config = replace(loaded.generation_config, steps=4)
+    first = generate_text(loaded.model, loaded.tokenizer, ["hello"], config)[0]
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": first}]
+    second = conversation_answer(loaded, [*history, {"role": "user", "content": "again"}], config)
+    repeated = conversation_answer(loaded, [*history, {"role": "user", "content": "again"},
+                                            {"role": "assistant", "content": second},
+                                            {"role": "user", "content": "hello"}], config)
+    assert repeated != first and "\n" not in first + second  # premise: /reset changes the answer to "hello"
+    command = shlex.join([sys.executable, "-m", "dllm.cli", "chat", str(tiny_checkpoint), "--device", "cpu",
+                          "--steps", "4", "--step_delay", "0", "--show_steps", "True"])
+    terminal = Terminal(f"dllm-chat-{tmp_path.name}", f"cd {shlex.quote(str(ROOT))} && {command}; "
+                                                       "echo CHAT-EXITED $?; sleep 600")
+    try:
+        terminal.wait_for(lambda s: "you>" in s)
+        for turn, count in (("hello", 1), ("again", 2), ("/reset", 2), ("hello", 3)):
+            terminal.type(turn)
+            screen = terminal.wait_for(lambda s: len(answers_on(s)) == count and s.rstrip().endswith("you>"))
+        assert "you> hello" in screen and "you> again" in screen  # the prompt echo
+        assert answers_on(screen) == [first.rstrip(), second.rstrip(), first.rstrip()]
+        assert "conversation cleared" in screen
+        steps = [line for line in screen.splitlines() if line.startswith("step ")]
+        assert len(steps) >= 3 * 2 and MASK_GLYPH in steps[0]  # each answer drawn step by step, masks first
+        terminal.type("/settings steps=2 threshold=0.5")
+        screen = terminal.wait_for(lambda s: "threshold=0.5" in s)
+        assert "steps=2" in screen
+        terminal.type("/quit")
+        screen = terminal.wait_for(lambda s: "CHAT-EXITED" in s, timeout=30)
+        assert "CHAT-EXITED 0" in screen
+        (tmp_path / "chat-screen.txt").write_text(screen, encoding="utf-8")
+    finally:
+        terminal.close()
