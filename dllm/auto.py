@@ -42,6 +42,8 @@ class ModelFamily:
         default_checkpoint: hub id used when no ``--model_name_or_path`` is given.
         sft_main: the family's own SFT recipe (``argv -> trainer``) when the text recipe cannot serve it
             (Qwen3-VL: processor, images, vision freezing); None uses :func:`dllm.sft.recipe.main`.
+        image_inputs: for families that answer questions about images, ``(model, processor, conversations,
+            gen_length) -> (prompt_ids, attention_mask, model_kwargs)`` for the sampler; None for text models.
     """
 
     name: str
@@ -49,6 +51,7 @@ class ModelFamily:
     model_class: type[PreTrainedModel]
     default_checkpoint: str
     sft_main: Callable[[list[str] | None], Any] | None = None
+    image_inputs: Callable[..., Any] | None = None
 
 
 def _qwen3_vl_sft(argv: list[str] | None) -> Any:
@@ -58,12 +61,20 @@ def _qwen3_vl_sft(argv: list[str] | None) -> Any:
     return main(argv)
 
 
+def _qwen3_vl_image_inputs(model: Any, processor: Any, conversations: list, gen_length: int) -> Any:
+    # Imported on use, like the recipe: the image processor and PIL are only needed with images.
+    from dllm.pipelines.qwen3_vl.generation import prepare_generation_inputs
+
+    return prepare_generation_inputs(model, processor, conversations, gen_length)
+
+
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
         ModelFamily("llama3", "llama", Llama3ForMaskedLM, "meta-llama/Meta-Llama-3-8B-Instruct"),
         ModelFamily("gemma2", "gemma2", Gemma2ForMaskedLM, "google/gemma-2-2b-it"),
-        ModelFamily("qwen3_vl", "qwen3_vl", Qwen3VLForMaskedLM, "Qwen/Qwen3-VL-2B-Instruct", _qwen3_vl_sft),
+        ModelFamily("qwen3_vl", "qwen3_vl", Qwen3VLForMaskedLM, "Qwen/Qwen3-VL-2B-Instruct", _qwen3_vl_sft,
+                    _qwen3_vl_image_inputs),
     )
 }
 _BY_MODEL_TYPE: dict[str, ModelFamily] = {family.model_type: family for family in FAMILIES.values()}

@@ -6,7 +6,8 @@
 2. :func:`mask_tokens` replaces each maskable token (label != -100) by the mask token with probability
    ``1 - alpha(t)``.
 3. :func:`masked_diffusion_loss` takes the cross-entropy on masked positions only, times the ELBO weight
-   ``-alpha'(t) / (1 - alpha(t))``, normalised per token or per sequence.
+   ``-alpha'(t) / (1 - alpha(t))``, normalised per token or per sequence. It takes logits at every position or,
+   cheaper, at the masked positions only (the model's output head run there: ``logits_mask=masked``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 Normalization = Literal["token", "sequence"]
@@ -72,6 +74,38 @@ def mask_tokens(
     return noisy_ids, masked
 
 
+# Elements of logits upcast to float32 at once by the cross-entropy: 2^26 floats = 256 MiB per buffer, and a chunk
+# needs about three (the upcast, the log-softmax, its gradient), so under 1 GiB whatever N is. That is 262 rows at
+# Gemma 2's V = 256000 and 523 at LLaMA 3's 128256: enough rows per chunk that the per-chunk launches cost little.
+CROSS_ENTROPY_CHUNK_ELEMENTS = 2**26
+
+
+def chunked_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, *, chunk_elements: int = CROSS_ENTROPY_CHUNK_ELEMENTS
+) -> torch.Tensor:
+    """Per-row float32 cross-entropy of ``logits`` ``[N, V]`` against ``targets`` ``[N]``, returned as ``[N]``.
+
+    Rows are taken ``chunk_elements // V`` at a time. Each chunk is checkpointed, so backward recomputes its
+    float32 upcast and log-softmax instead of keeping them: beyond the logits themselves (and their gradient) the
+    loss holds one chunk of float32 temporaries, not ``N V`` of them. One chunk (``N V <= chunk_elements``) is
+    plain ``F.cross_entropy``.
+    """
+    rows = max(1, chunk_elements // logits.shape[-1])
+    if logits.shape[0] <= rows:
+        return F.cross_entropy(logits.float(), targets, reduction="none")  # [N]
+    recompute = torch.is_grad_enabled() and logits.requires_grad
+    pieces = [
+        checkpoint(_float_cross_entropy, chunk, chunk_targets, use_reentrant=False) if recompute
+        else _float_cross_entropy(chunk, chunk_targets)
+        for chunk, chunk_targets in zip(logits.split(rows), targets.split(rows))  # [rows, V], [rows]
+    ]
+    return torch.cat(pieces)  # [N]
+
+
+def _float_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
 def masked_diffusion_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -94,23 +128,36 @@ def masked_diffusion_loss(
     which makes ``k`` micro-batches of size ``B`` give the same gradient as one batch of size ``k B``.
 
     Args:
-        logits: ``[B, L, V]`` model outputs on ``x_t`` (no shift: position ``l`` predicts token ``l``).
+        logits: model outputs on ``x_t`` (no shift: position ``l`` predicts token ``l``), either at every position,
+            ``[B, L, V]``, or at the ``N`` masked positions only, ``[N, V]`` in the row-major order of
+            ``masked.nonzero()`` (what ``logits[masked]`` and the masked-LM wrappers' ``logits_mask=masked`` give).
         labels: ``[B, L]`` clean targets, ``-100`` where no loss is taken.
         masked: ``[B, L]`` bool, positions that were masked in ``x_t`` (a subset of labels != -100).
         weight: ``[B]`` ELBO weight ``-alpha'(t) / (1 - alpha(t))`` per sequence.
     """
-    # Cross-entropy only where it counts: gathering first keeps the float32 copy small ([N, V], not [B, L, V]).
-    ce = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)  # [B, L]
-    ce[masked] = F.cross_entropy(logits[masked].float(), labels[masked], reduction="none")  # [N]
-    per_token = ce * weight.float()[:, None]  # [B, L]
-
     _check_normalization(normalization)
+    # Flat indices b * L + l of the masked positions. N depends on the data, so this is a host sync; everything
+    # below indexes with it (index_select, not boolean masks), adding none.
+    positions = masked.flatten().nonzero().squeeze(1)  # [N]
+    if logits.dim() == 3:
+        logits = logits.flatten(0, 1).index_select(0, positions.to(logits.device))  # [N, V]
+    elif logits.dim() != 2 or logits.shape[0] != positions.shape[0]:
+        raise ValueError(
+            f"logits must be [B, L, V] or [N, V] with N = {positions.shape[0]} masked positions, "
+            f"got shape {tuple(logits.shape)}"
+        )
+    sequence = positions // masked.shape[1]  # [N] row b of each masked position
+    targets = labels.flatten().index_select(0, positions)  # [N]
+    ce = chunked_cross_entropy(logits, targets.to(logits.device))  # [N]
+    per_token = ce * weight.float().to(ce.device).index_select(0, sequence.to(ce.device))  # [N]
+
     if normalization == "token":
         total = per_token.sum()
     else:
+        # Sum over sequences of (sum of the sequence's terms) / (its answer length); a masked position lies in a
+        # sequence with at least one label, so the division is safe.
         lengths = (labels != IGNORE_INDEX).sum(dim=1)  # [B]
-        has_answer = lengths > 0
-        total = (per_token.sum(dim=1)[has_answer] / lengths[has_answer]).sum()
+        total = (per_token / lengths.index_select(0, sequence).to(per_token.device)).sum()
     denom = count_loss_items(labels, normalization) if num_items is None else num_items
     # A batch with nothing to predict contributes zero loss (and zero gradient), never NaN.
     denom = torch.as_tensor(denom, device=total.device, dtype=total.dtype).clamp_min(1.0)

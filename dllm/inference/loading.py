@@ -24,7 +24,7 @@ import torch
 from transformers import HfArgumentParser, PreTrainedModel
 from transformers.utils import cached_file
 
-from dllm.auto import AutoModelForMaskedDiffusion, load_config, load_tokenizer
+from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, load_config, load_tokenizer
 from dllm.core.models.masked_lm import check_mask_token_id
 from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.errors import UsageError
@@ -173,3 +173,32 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
     except ValueError as err:
         raise UsageError(f"{checkpoint}: mask token id {mask_id} is not a row of the embedding matrix") from err
     return LoadedCheckpoint(checkpoint, model.to(_device(options.device)).eval(), tokenizer, generation)
+
+
+IMAGE_MODEL_TYPES = tuple(f.model_type for f in FAMILIES.values() if f.image_inputs is not None)
+"""``config.json`` model types whose checkpoints answer questions about images (``dllm sample --image``)."""
+
+
+def load_image_processor(checkpoint: str, options: CheckpointArguments | None = None, **overrides: Any) -> Any:
+    """The ``AutoProcessor`` of a checkpoint that takes images (a Qwen3-VL folder saved with its processor),
+    checked before any weights are read; ``overrides`` as in :func:`load_checkpoint`.
+
+    Raises:
+        UsageError: the checkpoint is not of an image model type, its sampler settings (with ``overrides``) use a
+            cache or guidance (images need ``cache="none"``, ``cfg_scale=0``), or its processor cannot be loaded.
+    """
+    from transformers import AutoProcessor
+
+    options = options or CheckpointArguments()
+    model_type = load_config(checkpoint, options.trust_remote_code).model_type
+    if model_type not in IMAGE_MODEL_TYPES:
+        raise UsageError(f"{checkpoint}: --image needs a Qwen3-VL checkpoint (model_type 'qwen3_vl'), "
+                         f"got model_type {model_type!r}")
+    settings = _generation_config(checkpoint, overrides)
+    if settings.cache != "none" or settings.cfg_scale > 0:
+        raise UsageError(f"--image needs --cache none and --cfg_scale 0 (got cache={settings.cache!r}, "
+                         f"cfg_scale={settings.cfg_scale})")
+    try:
+        return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{checkpoint}: cannot load the image processor ({str(err).splitlines()[0]})") from err

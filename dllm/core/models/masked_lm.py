@@ -44,6 +44,16 @@ def is_bidirectional(model: PreTrainedModel) -> bool:
     return getattr(text_config(model.config), "is_causal", True) is False and not any(flags)
 
 
+# Causal classes whose forward is exactly `backbone (self.model) -> lm_head -> optional final_logit_softcapping`
+# (read in transformers 5.24), so the head can run on selected positions only. Others (e.g. Cohere's logit_scale)
+# compute full logits and select afterwards: correct, without the saving.
+_PLAIN_HEAD_CLASSES = frozenset({"LlamaForCausalLM", "Gemma2ForCausalLM", "Qwen3VLForConditionalGeneration"})
+
+
+def _head_is_plain(cls: type) -> bool:
+    return any(c.__name__ in _PLAIN_HEAD_CLASSES and c.__module__.startswith("transformers.") for c in cls.__mro__)
+
+
 class BidirectionalMaskedLMMixin:
     """Turns a ``*ForCausalLM`` class into a bidirectional masked LM (put it first in the bases).
 
@@ -58,18 +68,45 @@ class BidirectionalMaskedLMMixin:
         super().__init__(config, *args, **kwargs)
         disable_causal_attention(self)
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> MaskedLMOutput:
+    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_mask=None, **kwargs) -> MaskedLMOutput:
+        """Denoise ``input_ids``; with ``logits_mask`` (bool ``[B, L]``) only the selected positions get logits.
+
+        Without ``logits_mask`` the logits are ``[B, L, V]``, the causal class's. With it the backbone runs as usual
+        and the output head (and Gemma 2's final soft-capping) is applied to the ``N`` selected hidden states only:
+        ``logits`` is ``[N, V]``, its rows in the row-major order of ``logits_mask.nonzero()`` (that of
+        ``full_logits[logits_mask]``). The diffusion loss needs predictions at masked positions only, so this
+        skips ``(B L - N) V`` output-head work and keeps the ``[B, L, V]`` tensor (and its float32 copy in the
+        loss) out of memory. ``labels`` are then read at the selected positions too.
+        """
         kwargs.setdefault("use_cache", False)  # a denoiser re-reads the whole sequence every step
         kwargs.pop("num_items_in_batch", None)
-        outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if logits_mask is None or not _head_is_plain(type(self)):
+            outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            logits = outputs.logits  # [B, L, V]
+            if logits_mask is not None:  # a family whose head does more than lm_head: select afterwards
+                logits = logits[logits_mask.to(logits.device)]  # [N, V]
+                labels = None if labels is None else labels.to(logits_mask.device)[logits_mask]  # [N]
+        else:
+            keep = kwargs.pop("logits_to_keep", 0)  # the causal head's own slicing; not the backbone's argument
+            if not (isinstance(keep, int) and keep == 0):
+                raise ValueError(f"pass either logits_mask or logits_to_keep, not both (got logits_to_keep={keep!r})")
+            # The causal classes' forward is backbone -> lm_head (-> soft-capping); the backbone is `self.model`
+            # for the text families (LlamaModel, Gemma2Model) and for Qwen3-VL (Qwen3VLModel, vision included).
+            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            hidden = outputs.last_hidden_state  # [B, L, H]
+            logits = self.lm_head(hidden[logits_mask.to(hidden.device)])  # [N, V]
+            cap = getattr(text_config(self.config), "final_logit_softcapping", None)
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            if labels is not None:
+                labels = labels.to(logits_mask.device)[logits_mask]  # [N]
         loss = None
         if labels is not None:
-            logits = outputs.logits  # [B, L, V]
             loss = F.cross_entropy(
-                logits.flatten(0, 1).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX
+                logits.flatten(0, -2).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX
             )
         return MaskedLMOutput(
-            loss=loss, logits=outputs.logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
 
 

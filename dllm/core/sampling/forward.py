@@ -63,10 +63,13 @@ def cache_argument(model_class: type) -> str:
 
 
 def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 keep: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+                 keep: torch.Tensor, cache: DynamicCache | None = None,
+                 model_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Float32 logits [B, K, V] of the input columns ``keep`` [K] of ``input_ids`` [B, Q].
 
-    ``attention_mask`` covers the cached positions followed by the input ones [B, N + Q].
+    ``attention_mask`` covers the cached positions followed by the input ones [B, N + Q]; ``positions`` are
+    [B, Q] or, for multimodal rotary embeddings, [3, B, Q]. ``model_kwargs`` (``pixel_values``, ...) are passed
+    to the model unchanged.
     The output head runs only on ``keep`` through transformers' own ``logits_to_keep`` (a 1-D index tensor, the
     same for every row), rather than a per-row ``[B, L]`` selection: left padding puts every row's block in the
     same columns, every ``*ForCausalLM`` already takes it (so plain causal classes loaded with ``is_causal=False``
@@ -74,7 +77,7 @@ def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, p
     softcapping) stay whole. With a 128k vocabulary the head is most of a step's cost.
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=keep,
-                use_cache=cache is not None, **{cache_argument(type(model)): cache})
+                use_cache=cache is not None, **{cache_argument(type(model)): cache}, **(model_kwargs or {}))
     logits = out.logits
     if logits.shape[1] != keep.numel():  # a model that ignores logits_to_keep returns every column
         logits = logits[:, keep]
@@ -99,16 +102,20 @@ class BlockForward:
     """Logits of columns of the current block ``[start, end)`` under one cache setting; one instance per block.
 
     ``order`` lists the canvas columns in cache order: those kept in the cache, then those fed every step.
+    ``positions`` [..., B, T] are sliced along the last dimension; ``model_kwargs`` go to every call unchanged,
+    so they need ``cache="none"`` (every call sees the whole canvas; :func:`~dllm.core.sampling.loop.denoise`
+    checks this).
     """
 
     def __init__(self, model, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 start: int, end: int):
+                 start: int, end: int, model_kwargs: dict[str, torch.Tensor] | None = None):
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
         self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end]}[cache]
         cached = torch.cat([columns[:start], columns[end:]]) if cache == "dual" else columns[:start]
         self.order = self.fed if cache == "none" else torch.cat([cached, self.fed])  # [T]
         self.model, self.attention_mask, self.positions = model, attention_mask, positions
         self.use_cache, self.cache, self.calls = cache != "none", None, 0
+        self.model_kwargs = model_kwargs
 
     def __call__(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, V] of canvas columns ``cols`` [C] (inside the block) for the canvas ``x`` [B, T]."""
@@ -119,7 +126,7 @@ class BlockForward:
         where = torch.full_like(self.order, -1)
         where[columns] = torch.arange(len(columns), device=columns.device)  # canvas column -> input index
         logits = model_logits(self.model, x[:, columns], self.attention_mask[:, self.order],
-                              self.positions[:, columns], where[cols], self.cache)
+                              self.positions[..., columns], where[cols], self.cache, self.model_kwargs)
         if self.cache is not None:
             self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
         self.calls += 1
@@ -131,10 +138,11 @@ class GuidedForward:
     sees the canvas with the ``conditioning`` positions [B, T] (the prompt) replaced by mask tokens."""
 
     def __init__(self, model, config: DiffusionGenerationConfig, attention_mask: torch.Tensor,
-                 positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor):
+                 positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor,
+                 model_kwargs: dict[str, torch.Tensor] | None = None):
         if config.cache == "dual":
             check_sliding_window(model, attention_mask.shape[1])
-        self.cond = BlockForward(model, config.cache, attention_mask, positions, *block)
+        self.cond = BlockForward(model, config.cache, attention_mask, positions, *block, model_kwargs)
         self.uncond = BlockForward(model, config.cache, attention_mask, positions, *block) \
             if config.cfg_scale > 0 else None
         self.conditioning, self.config = conditioning, config

@@ -98,20 +98,36 @@ def finish_at_eos(x: torch.Tensor, start: int, end: int,
 @torch.no_grad()
 def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: DiffusionGenerationConfig,
             start: int, conditioning: torch.Tensor, stop_at_eos: bool = False,
-            generator: torch.Generator | None = None, on_block: BlockCallback | None = None) -> GenerationOutput:
+            generator: torch.Generator | None = None, on_block: BlockCallback | None = None,
+            model_kwargs: dict[str, torch.Tensor] | None = None) -> GenerationOutput:
     """Fill the masked positions of columns ``[start, T)`` of ``x`` [B, T], block by block.
 
     ``conditioning`` [B, T] marks what the unconditional (guidance) pass masks out. With ``stop_at_eos`` the loop
     ends once every row has finished a block holding EOS. ``on_block(index, x, steps)`` is called after each
     finished block (see :data:`BlockCallback`), so a caller can show or stream an answer while the loop runs.
+    ``model_kwargs``: see :func:`generate`.
     """
-    positions = position_ids(attention_mask)  # [B, T]
+    extra = dict(model_kwargs or {})
+    positions = extra.pop("position_ids", None)  # [..., B, T], e.g. multimodal rotary positions [3, B, T]
+    if positions is None:
+        positions = position_ids(attention_mask)  # [B, T]
+    elif positions.shape[-2:] != x.shape:
+        raise ValueError(f"model_kwargs['position_ids'] must end in the canvas shape [B, T] = {list(x.shape)}, "
+                         f"got {list(positions.shape)}")
+    if extra and config.cache != "none":
+        raise ValueError(f"model_kwargs {sorted(extra)} need cache='none', got cache={config.cache!r}: a cached "
+                         "step feeds only part of the canvas and these inputs are passed whole")
+    if extra and config.cfg_scale > 0:
+        raise ValueError(f"model_kwargs {sorted(extra)} cannot be used with classifier-free guidance "
+                         f"(cfg_scale={config.cfg_scale}): the unconditional pass masks the prompt, which would "
+                         "remove the tokens these inputs belong to (e.g. image placeholders); use cfg_scale=0")
     blocks = block_bounds(start, x.shape[1], config.block_size)
     budgets = steps_per_block(config.steps, [b - a for a, b in blocks])
     history, passes = [], 0
     bar = tqdm(total=sum(budgets), unit="step", leave=False, disable=not config.progress)
     for index, (block, budget) in enumerate(zip(blocks, budgets)):
-        forward, first = GuidedForward(model, config, attention_mask, positions, block, conditioning), len(history)
+        forward, first = GuidedForward(model, config, attention_mask, positions, block, conditioning,
+                                       extra or None), len(history)
         for step in range(budget):
             if not (x[:, block[0]:block[1]] == config.mask_token_id).any():
                 break  # done early: the threshold, or an infilled block with fewer masks than steps
@@ -140,11 +156,21 @@ def _mask_token_id(config: DiffusionGenerationConfig) -> int:
 @torch.no_grad()
 def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
              attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-             on_block: BlockCallback | None = None) -> GenerationOutput:
+             on_block: BlockCallback | None = None,
+             model_kwargs: dict[str, torch.Tensor] | None = None) -> GenerationOutput:
     """Fill ``config.gen_length`` masked positions after the left-padded ``prompt_ids`` [B, P].
 
     ``attention_mask`` [B, P] marks real prompt tokens (1) and left padding (0). ``sequences`` is [B, P + G] with
     no mask token left in the answer (a finished row's tail is EOS). ``on_block``: see :data:`BlockCallback`.
+
+    ``model_kwargs``: extra model inputs for the whole canvas [B, P + G] (a vision model's ``pixel_values``,
+    ``image_grid_thw``, ``mm_token_type_ids``...), passed to every forward. ``position_ids`` among them
+    (``[..., B, P + G]``, e.g. multimodal rotary positions [3, B, P + G]) replaces the positions derived from
+    ``attention_mask``; mask tokens are text, so positions never change while denoising. Any other entry needs
+    ``cache="none"`` and ``cfg_scale=0`` (a ``ValueError`` otherwise): cached steps feed only part of the canvas,
+    and the guidance pass masks the prompt, image placeholders included. Model-specific preparation (rotary
+    positions, token types over the answer) lives in the pipelines, e.g.
+    :func:`dllm.pipelines.qwen3_vl.generation.prepare_generation_inputs`.
     """
     mask_id = _mask_token_id(config)
     if config.steps is not None and config.steps > config.gen_length:
@@ -157,7 +183,7 @@ def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
     attention = torch.cat([attention_mask, torch.ones_like(answer)], dim=1)  # [B, P + G]
     conditioning = F.pad(attention_mask.bool(), (0, config.gen_length))  # [B, P + G], the real prompt
     return denoise(model, x, attention, config, prompt_len, conditioning, stop_at_eos=True, generator=generator,
-                   on_block=on_block)
+                   on_block=on_block, model_kwargs=model_kwargs)
 
 
 def mask_spans(input_ids: torch.Tensor, spans: Spans | list[Spans], mask_token_id: int,

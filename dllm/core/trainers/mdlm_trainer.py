@@ -188,7 +188,11 @@ class MDLMTrainer(Trainer):
         noisy_ids, masked = mask_tokens(input_ids, labels, self.schedule.mask_probability(t), self.mask_token_id,
                                         uniforms=uniforms)  # [B, L], [B, L]
 
-        # 3. Denoise x_t in one bidirectional pass.
+        # 3. Denoise x_t in one bidirectional pass. Only masked positions enter the loss, so the output head runs
+        #    there alone (logits_mask): the logits are [N, V], not [B, L, V] (N = masked tokens). An evaluation that
+        #    returns predictions (prediction_loss_only=False) keeps the full [B, L, V] logits Trainer gathers.
+        if training or args.prediction_loss_only:
+            inputs["logits_mask"] = masked  # [B, L]
         outputs = model(input_ids=noisy_ids, **inputs)
 
         # 4. ELBO-weighted cross-entropy on masked positions. Training normalises over the accumulation
@@ -196,7 +200,7 @@ class MDLMTrainer(Trainer):
         normalization = args.loss_normalization if training else "token"
         num_items = num_items_in_batch if training else None
         weight = torch.ones_like(t) if training and args.loss_weighting == "uniform" else self.schedule.weight(t)
-        loss = masked_diffusion_loss(outputs.logits, labels, masked, weight,
+        loss = masked_diffusion_loss(outputs.logits, labels, masked, weight,  # [N, V] logits, chunked cross-entropy
                                      normalization=normalization, num_items=num_items)
         if num_items is not None and args.average_tokens_across_devices and args.world_size > 1:
             # num_items counts every process's tokens; DDP averages gradients over processes, so undo it.

@@ -1,0 +1,103 @@
+"""Answering questions about images by iterative denoising with a Qwen3-VL masked diffusion model.
+
+The core sampler (:func:`dllm.core.sampling.generate`) takes the extra model inputs as ``model_kwargs`` and passes
+them to every forward; what is Qwen3-VL specific is prepared here, once, for the whole canvas (prompt and
+``gen_length`` masked answer positions):
+
+- ``pixel_values`` and ``image_grid_thw`` from the processor's image processor;
+- ``mm_token_type_ids`` [B, P + G]: 1 on image placeholders, 0 elsewhere (the answer is text);
+- ``position_ids`` [3, B, P + G]: the multimodal rotary positions of ``model.model.get_rope_index``. Mask tokens
+  are text tokens, so these positions hold for every denoising step, whatever tokens get committed.
+
+Prompts are left-padded, as everywhere in the sampler. Images need ``cache="none"`` and ``cfg_scale=0``
+(the sampler raises a ``ValueError`` otherwise).
+
+Example::
+
+    model = Qwen3VLForMaskedLM.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    config = with_tokenizer_ids(DiffusionGenerationConfig(gen_length=32), processor.tokenizer)
+    print(answer_image_question(model, processor, Image.open("table.png"), "What is in row 2?", config))
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, generate, left_pad
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+Conversation = list[dict[str, Any]]
+
+
+def conversation_images(messages: Conversation) -> list[Any]:
+    """The images of a conversation in order: each ``{"type": "image", "image": ...}`` content part's image."""
+    return [part["image"] for message in messages if not isinstance(message["content"], str)
+            for part in message["content"] if part.get("type") == "image"]
+
+
+def prepare_generation_inputs(model, processor, conversations: list[Conversation], gen_length: int,
+                              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """``(prompt_ids [B, P], attention_mask [B, P], model_kwargs)`` for :func:`~dllm.core.sampling.generate`.
+
+    ``conversations``: chat messages whose content is a string or Qwen parts (``{"type": "image", "image":
+    PIL image}``, ``{"type": "text", "text": ...}``), answered after the generation prompt. Prompts are
+    left-padded with the tokenizer's pad token; ``model_kwargs`` hold ``position_ids`` [3, B, P + gen_length]
+    and, when any conversation has images, ``mm_token_type_ids`` [B, P + gen_length], ``pixel_values`` (in the
+    vision tower's dtype) and ``image_grid_thw``, all on the model's device. Images need ``cache="none"`` and
+    ``cfg_scale=0`` in the sampler; text-only batches (positions alone) work with every setting.
+    """
+    tokenizer = processor.tokenizer
+    rows, pixels, grids = [], [], []
+    for messages in conversations:
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = conversation_images(messages)
+        encoded = processor(text=[text], images=images or None, return_tensors="pt")
+        rows.append(encoded["input_ids"][0].tolist())
+        if images:
+            pixels.append(encoded["pixel_values"])  # [patches, D]
+            grids.append(encoded["image_grid_thw"])  # [images, 3]
+    device = model.device
+    prompt_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)  # [B, P]
+    prompt_ids, attention_mask = prompt_ids.to(device), attention_mask.to(device)
+    image_token_id = model.config.image_token_id
+    types = (prompt_ids == image_token_id).long() & attention_mask.long()  # [B, P], 1 on image placeholders
+    types = torch.nn.functional.pad(types, (0, gen_length))  # [B, P + G], the answer is text
+    canvas_mask = torch.nn.functional.pad(attention_mask, (0, gen_length), value=1)  # [B, P + G]
+    canvas = torch.nn.functional.pad(prompt_ids, (0, gen_length))  # only its shape matters to get_rope_index
+    kwargs: dict[str, torch.Tensor] = {}
+    if pixels:  # text-only batches need only the positions, and so can use the sampler's caches
+        kwargs["mm_token_type_ids"] = types
+        kwargs["pixel_values"] = torch.cat(pixels).to(device=device, dtype=model.model.visual.dtype)
+        kwargs["image_grid_thw"] = torch.cat(grids).to(device)
+    positions, _ = model.model.get_rope_index(canvas, mm_token_type_ids=types,
+                                              image_grid_thw=kwargs.get("image_grid_thw"),
+                                              attention_mask=canvas_mask)  # [3, B, P + G]
+    kwargs["position_ids"] = positions
+    return prompt_ids, attention_mask, kwargs
+
+
+def answer_image_questions(model, processor, images: list[PILImage | None], questions: list[str],
+                           config: DiffusionGenerationConfig, generator: torch.Generator | None = None) -> list[str]:
+    """Answer each ``question`` about its image (``None``: text only) in one batch; the answers are decoded up to
+    the first EOS, special tokens skipped. ``config`` needs ``mask_token_id`` (and ``eos_token_id`` to stop)."""
+    if len(images) != len(questions):
+        raise ValueError(f"got {len(images)} images for {len(questions)} questions")
+    conversations = [[{"role": "user", "content": ([{"type": "image", "image": image}] if image is not None else [])
+                       + [{"type": "text", "text": question}]}] for image, question in zip(images, questions)]
+    prompt_ids, attention_mask, kwargs = prepare_generation_inputs(model, processor, conversations,
+                                                                   config.gen_length)
+    out = generate(model, prompt_ids, config,
+                   attention_mask=attention_mask, generator=generator, model_kwargs=kwargs)
+    return [processor.tokenizer.decode(ids, skip_special_tokens=True)
+            for ids in answer_ids(out.sequences, prompt_ids.shape[1], config.eos_token_id)]
+
+
+def answer_image_question(model, processor, image: PILImage | None, question: str,
+                          config: DiffusionGenerationConfig, generator: torch.Generator | None = None) -> str:
+    """The answer to one ``question`` about ``image``, by iterative denoising (see :func:`answer_image_questions`)."""
+    return answer_image_questions(model, processor, [image], [question], config, generator)[0]
