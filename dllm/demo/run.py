@@ -30,13 +30,14 @@ Defaults, each part measured against the alternative on 2 shared CPU cores (a 6-
 * fp32: bf16 autocast works on CPU (``--bf16``) but was 5x slower on a CPU without native bf16 matmul.
 
 Measured (one thread on the 2-core development machine, about 27,000 training tokens/s when the machine is
-otherwise idle): 5000 steps take 2.4 minutes, so the 8-minute cap binds only on a machine 2x slower than this one.
-Held-out exact match (600 prompts) depends on the seed at 5000 steps, because one task (add, sometimes
+otherwise idle): 5000 steps take 2.4 minutes, so the 8-minute cap binds only on a machine 2x slower than this
+one. Held-out exact match (600 prompts) depends on the seed at 5000 steps, because one task (add, sometimes
 reverse) can finish learning late: 93.2, 98.8, 98.3 and 93.3% for seeds 42, 1, 2 and 3. At 8000 steps (the
-default) seeds 42 and 3 gave 100.0% (600/600) and 99.7% (598/600) (443 s and 250 s of wall time with other
-jobs on the machine); `make demo` from fresh clones gave 100.0% (600/600) in 232 s (position-seeded training noise) and
-99.3% (596/600) in 223 s (the output head only at masked positions, which changes float rounding). After training, the checkpoint is also decoded with parallel decoding (threshold
-0.9) and both results are printed with their forward passes.
+default) seeds 42 and 3 gave 100.0% (600/600) and 99.7% (598/600) (443 s and 250 s of wall time with other jobs
+on the machine); `make demo` from fresh clones gave 100.0% (600/600) in 232 s (position-seeded training noise)
+and 99.3% (596/600) in 223 s (the output head only at masked positions, which changes float rounding). After
+training, the checkpoint is also decoded with parallel decoding (threshold 0.9) and both results are printed
+with their forward passes.
 """
 
 from __future__ import annotations
