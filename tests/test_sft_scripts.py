@@ -71,7 +71,8 @@ def test_sft_script_logs_losses_and_eval(tmp_path, char_tokenizer):
     data = alpaca_fixture(tmp_path / "alpaca.json")
     result = run_script("examples/llama3/sft.py", "--model_name_or_path", str(base), "--dataset_args",
                         f"{data}[train:20,test:4]", "--output_dir", str(tmp_path / "o"), "--eval_strategy", "steps",
-                        "--eval_steps", "2", *COMMON)
+                        "--eval_steps", "2", "--train_sampling_strategy", "group_by_length",  # lengths of the rows
+                        *COMMON)                                                               # tokenised once
     text = result.stdout + result.stderr
     assert "'masked_fraction'" in text and "'eval_loss'" in text
 

@@ -85,6 +85,15 @@ class DataArguments:
     skip_invalid_rows: bool = field(
         default=False, metadata={"help": "Drop malformed rows (counted and logged) instead of stopping."}
     )
+    tokenize_once: bool = field(
+        default=True,
+        metadata={"help": "Tokenise every row once, before training, with datasets.map (the collator then only "
+                  "truncates and pads; --train_sampling_strategy group_by_length can batch rows of similar "
+                  "length); False tokenises in the collator at every epoch."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for that tokenisation (datasets.map num_proc; None: this one)."}
+    )
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 1:

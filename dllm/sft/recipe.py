@@ -21,12 +21,13 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import torch
+from datasets import DatasetDict
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, family_for_model_type, load_config, load_tokenizer
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
-from dllm.data.collator import SFTDataCollator
+from dllm.data.collator import SFTDataCollator, tokenize_messages
 from dllm.data.utils import load_sft_dataset
 from dllm.errors import UsageError
 from dllm.sft.config import DataArguments, ModelArguments, SFTConfig
@@ -87,6 +88,20 @@ def family_recipe(family: str | None, argv: list[str] | None) -> Callable[[list[
         return None
     found = family_for_model_type(load_config(known.model_name_or_path, known.trust_remote_code).model_type)
     return found.sft_main if found is not None else None
+
+
+def tokenize_dataset(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, mask_prompt_loss: bool = True,
+                     num_proc: int | None = None) -> DatasetDict:
+    """Message rows to ``{"input_ids", "labels"}`` rows, once, with ``datasets.map``: the collator then skips the
+    chat template (about three renders a row) at every epoch and gives the same batches (a test checks), and
+    Trainer's ``train_sampling_strategy="group_by_length"`` can read the lengths."""
+
+    def encode(row: dict[str, Any]) -> dict[str, list[int]]:
+        return tokenize_messages(tokenizer, row["messages"], mask_prompt_loss)
+
+    return DatasetDict({split: rows.map(encode, remove_columns=rows.column_names, num_proc=num_proc,
+                                        desc=f"tokenizing {split}")
+                        for split, rows in dataset.items()})
 
 
 def _dtype(name: str) -> str | torch.dtype:
@@ -221,6 +236,9 @@ def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTraine
     collator = SFTDataCollator(tokenizer, max_seq_length=data_args.max_seq_length,
                                mask_prompt_loss=data_args.mask_prompt_loss,
                                train_on_eos_padding=data_args.train_on_eos_padding)
+    if data_args.tokenize_once:
+        dataset = tokenize_dataset(dataset, tokenizer, data_args.mask_prompt_loss,
+                                   data_args.preprocessing_num_workers)
 
     # 3. Train.
     trainer = MDLMTrainer(model=model, args=training_args, train_dataset=dataset["train"],

@@ -182,3 +182,24 @@ def test_rows_emptied_by_remove_unused_columns_get_a_hint(char_tokenizer):
     with pytest.raises(ValueError, match=r"batch row 0: .*got keys \[\]; Trainer dropped the dataset's columns: "
                                          r"set remove_unused_columns=False"):
         SFTDataCollator(char_tokenizer)([{}])
+
+
+def test_rows_tokenised_once_by_the_recipe_collate_exactly_like_message_rows(char_tokenizer):
+    """`dllm sft` tokenises once with datasets.map (tokenize_once); the batches must not change."""
+    from datasets import Dataset, DatasetDict
+
+    from dllm.sft.recipe import tokenize_dataset
+
+    rows = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q{i} " * (i + 1)},
+                          {"role": "assistant", "content": f"A{i}"}, {"role": "user", "content": "again"},
+                          {"role": "assistant", "content": "yes " * i + "done"}]} for i in range(5)]
+    messages = DatasetDict({"train": Dataset.from_list(rows)})
+    for mask_prompt_loss in (True, False):
+        tokenized = tokenize_dataset(messages, char_tokenizer, mask_prompt_loss)["train"]
+        assert tokenized.column_names == ["input_ids", "labels"]
+        collator = SFTDataCollator(char_tokenizer, max_seq_length=40, mask_prompt_loss=mask_prompt_loss,
+                                   train_on_eos_padding=True)
+        once, each_time = collator(list(tokenized)), collator(rows)
+        assert once.keys() == each_time.keys()
+        for key in once:
+            assert torch.equal(once[key], each_time[key]), key
