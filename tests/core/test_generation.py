@@ -27,15 +27,6 @@ from dllm.core.generation import (
 MASK, EOS, PAD, V = 4, 2, 0, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on busy shared cores two threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ScriptedModel(torch.nn.Module):
     """Predicts ``target[l]`` at position ``l`` with confidence rising with ``order[l]``; records every call."""
 

@@ -26,16 +26,6 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on busy shared cores two threads wait on each other
-    (a 32-wide forward took 250 ms with 2 threads under load, 0.6 ms with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load(tmp_path_factory, family: str, **overrides):
     """Built from a config, saved and loaded back through ``from_pretrained``."""
     cls, make_config, attn = FAMILIES[family]
