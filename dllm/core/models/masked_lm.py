@@ -9,12 +9,16 @@ so we clear it as well. No modeling file is copied: weights, kernels and PEFT su
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_outputs import MaskedLMOutput
 
 from dllm.core.diffusion import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MASK_TOKEN = "<|mdm_mask|>"
 
@@ -136,7 +140,17 @@ def add_mask_token(
     mask_id = tokenizer.mask_token_id
     num_rows = model.get_input_embeddings().weight.shape[0]
     if mask_id >= num_rows:
-        model.resize_token_embeddings(len(tokenizer))
+        # transformers warns on every mean-and-covariance resize; adding the mask row is the expected path here,
+        # so its warning is replaced by one INFO line that says what happened.
+        modeling_logger = logging.getLogger("transformers.modeling_utils")
+        level = modeling_logger.level
+        modeling_logger.setLevel(logging.ERROR)
+        try:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+        finally:
+            modeling_logger.setLevel(level)
+        logger.info("added the mask token %s as id %d; embedding rows %d -> %d (new rows drawn from the old rows' "
+                    "mean and covariance)", tokenizer.mask_token, mask_id, num_rows, len(tokenizer))
     for config in {id(model.config): model.config, id(text_config(model.config)): text_config(model.config)}.values():
         config.mask_token_id = mask_id
     check_mask_token_id(model, mask_id)
