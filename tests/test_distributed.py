@@ -393,6 +393,22 @@ def test_ddp_lora_two_ranks_train_and_save_loadable_checkpoint(tmp_path, char_to
     assert torch.equal(start["model.layers.0.mlp.up_proj.weight"], merged["model.layers.0.mlp.up_proj.weight"])
 
 
+def test_ddp_two_ranks_train_on_packed_rows(tmp_path, char_tokenizer):
+    """ddp.yaml with --packing on 2 processes: each rank's packs hold a different number of documents, and the
+    per-document times, the sequence normaliser summed over ranks and the block-diagonal attention all hold."""
+    base, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, LlamaForCausalLM,
+                                            tiny_llama_config(vocab_size=len(char_tokenizer) - 1))
+    data = alpaca_fixture(tmp_path / "alpaca.json", n=24)
+    result = accelerate_launch("ddp", TWO_CPU_PROCESSES, [
+        "--model_name_or_path", str(base), "--dataset_args", f"{data}[train:24]", "--output_dir", str(tmp_path / "o"),
+        "--per_device_train_batch_size", "1", "--max_steps", "2", "--logging_steps", "1", "--learning_rate", "1e-2",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True", "--max_seq_length", "96",
+        "--packing", "True", "--loss_normalization", "sequence"])
+    assert re.search(r"packing train: 24 conversations in \d rows of 96 tokens", result.stdout + result.stderr)
+    losses = logged(result, "loss")
+    assert len(losses) == 2 and all(l == l and 0 < l < 20 for l in losses)
+
+
 # Checked before the fixtures run (an in-test importorskip would first pay for the reference run).
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None or shutil.which("c++") is None,

@@ -1,6 +1,8 @@
 """The example SFT scripts end to end on a tiny saved checkpoint and a fixture dataset (subprocesses)."""
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +77,31 @@ def test_sft_script_logs_losses_and_eval(tmp_path, char_tokenizer):
                         *COMMON)                                                               # tokenised once
     text = result.stdout + result.stderr
     assert "'masked_fraction'" in text and "'eval_loss'" in text
+
+
+def test_sft_script_packs_conversations(tmp_path, char_tokenizer):
+    """--packing: the 20 Alpaca rows (about 40 tokens each) share rows of 128; training and evaluation run on packs,
+    per-document sequence normalisation included; Gemma 2 takes the per-layer-type (sliding window) masks."""
+    base, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, Gemma2ForCausalLM,
+                                            tiny_gemma2_config(vocab_size=len(char_tokenizer) - 1))
+    data = alpaca_fixture(tmp_path / "alpaca.json")
+    common = [flag if flag != "64" else "128" for flag in COMMON]  # --max_seq_length 128
+    result = run_script("examples/gemma2/sft.py", "--model_name_or_path", str(base), "--dataset_args",
+                        f"{data}[train:20,test:4]", "--output_dir", str(tmp_path / "o"), "--eval_strategy", "steps",
+                        "--eval_steps", "2", "--packing", "True", "--loss_normalization", "sequence", *common)
+    text = result.stdout + result.stderr
+    packed = re.search(r"packing train: 20 conversations in (\d+) rows of 128 tokens", text)
+    assert packed and int(packed.group(1)) <= 10, text[-3000:]
+    losses = [float(v) for v in re.findall(r"'loss': '?([0-9.e+-]+|nan)", text)]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses) and "'eval_loss'" in text
+
+
+def test_packing_with_eos_padding_is_a_one_line_error(tmp_path):
+    tiny_llama_config().save_pretrained(tmp_path)  # the family is read from it before the options
+    result = run_script("-m dllm.cli", "sft", "--model_name_or_path", str(tmp_path), "--packing", "True",
+                        "--train_on_eos_padding", "True", returncode=2)
+    assert result.stderr.strip() == ("dllm sft: --packing and --train_on_eos_padding exclude each other: eos padding "
+                                     "trains one answer per fixed-length canvas, a packed row holds several answers")
 
 
 @pytest.mark.parametrize("script", ["examples/llama3/sft.py", "examples/gemma2/sft.py"])

@@ -46,6 +46,25 @@ def sample_t(
     return eps + (1.0 - eps) * u
 
 
+def sample_document_t(
+    document_ids: torch.Tensor, u: torch.Tensor, *, eps: float = 1e-3, antithetic: bool = True
+) -> torch.Tensor:
+    """One diffusion time per document of packed rows, ``[B L]``: slot ``d`` holds document ``d``'s ``t``.
+
+    ``document_ids`` ``[B, L]`` numbers the batch's documents ``0 .. D-1`` (``-1`` on padding); the noise level is
+    per document, not per packed row. With ``antithetic``, ``u`` is one uniform offset and ``t_d = (u + d / D) mod 1``
+    spreads the ``D`` documents evenly over ``[0, 1)`` as :func:`sample_t` does for rows, with ``D`` counted on the
+    device (no host sync; the ``B L - D`` slots past it are never read). Without it, ``u`` holds ``B L`` uniforms.
+    """
+    if antithetic:
+        count = (document_ids.max() + 1).clamp_min(1).to(u.dtype)  # D, on the device
+        slots = torch.arange(document_ids.numel(), device=document_ids.device, dtype=u.dtype)
+        u = (u.reshape(()) + slots / count) % 1.0  # [B L]
+    elif u.shape != (document_ids.numel(),):
+        raise ValueError(f"u must hold one uniform per slot, {document_ids.numel()}, got shape {tuple(u.shape)}")
+    return eps + (1.0 - eps) * u  # [B L]
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     labels: torch.Tensor,
@@ -60,7 +79,8 @@ def mask_tokens(
     Args:
         input_ids: clean tokens ``x_0``, ``[B, L]``.
         labels: ``[B, L]``; positions with ``-100`` (prompt, padding, image tokens) are never masked.
-        mask_prob: ``1 - alpha(t)`` per sequence, ``[B]``.
+        mask_prob: ``1 - alpha(t)`` per sequence, ``[B]``, or per position, ``[B, L]`` (packed rows: each
+            position gets its document's).
         mask_token_id: id written at masked positions.
         uniforms: optional pre-drawn ``U(0, 1)`` values ``[B, L]`` (drawn here when absent).
 
@@ -69,7 +89,8 @@ def mask_tokens(
     """
     if uniforms is None:
         uniforms = torch.rand(input_ids.shape, device=input_ids.device, generator=generator)  # [B, L]
-    masked = (uniforms < mask_prob[:, None]) & (labels != IGNORE_INDEX)  # [B, L]
+    prob = mask_prob[:, None] if mask_prob.dim() == 1 else mask_prob  # [B, 1] or [B, L]
+    masked = (uniforms < prob) & (labels != IGNORE_INDEX)  # [B, L]
     noisy_ids = torch.where(masked, torch.full_like(input_ids, mask_token_id), input_ids)
     return noisy_ids, masked
 
@@ -114,6 +135,7 @@ def masked_diffusion_loss(
     *,
     normalization: Normalization = "token",
     num_items: torch.Tensor | int | None = None,
+    document_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted cross-entropy on masked positions: the MDLM negative ELBO estimate (MDLM Eq. 10).
 
@@ -133,7 +155,10 @@ def masked_diffusion_loss(
             ``masked.nonzero()`` (what ``logits[masked]`` and the masked-LM wrappers' ``logits_mask=masked`` give).
         labels: ``[B, L]`` clean targets, ``-100`` where no loss is taken.
         masked: ``[B, L]`` bool, positions that were masked in ``x_t`` (a subset of labels != -100).
-        weight: ``[B]`` ELBO weight ``-alpha'(t) / (1 - alpha(t))`` per sequence.
+        weight: ``[B]`` ELBO weight ``-alpha'(t) / (1 - alpha(t))`` per sequence, or per document of packed rows.
+        document_ids: packed rows only, ``[B, L]``: the document of each position (``0 .. D-1``, ``-1`` on padding);
+            ``weight`` is then indexed by document, and ``"sequence"`` normalisation divides by each document's
+            answer length, so a packed batch gives the loss of the same documents one per row.
     """
     _check_normalization(normalization)
     # Flat indices b * L + l of the masked positions. N depends on the data, so this is a host sync; everything
@@ -146,32 +171,53 @@ def masked_diffusion_loss(
             f"logits must be [B, L, V] or [N, V] with N = {positions.shape[0]} masked positions, "
             f"got shape {tuple(logits.shape)}"
         )
-    sequence = positions // masked.shape[1]  # [N] row b of each masked position
+    document = _document_of(positions, masked.shape[1], document_ids)  # [N]
     targets = labels.flatten().index_select(0, positions)  # [N]
     ce = chunked_cross_entropy(logits, targets.to(logits.device))  # [N]
-    per_token = ce * weight.float().to(ce.device).index_select(0, sequence.to(ce.device))  # [N]
+    per_token = ce * weight.float().to(ce.device).index_select(0, document.to(ce.device))  # [N]
 
     if normalization == "token":
         total = per_token.sum()
     else:
         # Sum over sequences of (sum of the sequence's terms) / (its answer length); a masked position lies in a
         # sequence with at least one label, so the division is safe.
-        lengths = (labels != IGNORE_INDEX).sum(dim=1)  # [B]
-        total = (per_token / lengths.index_select(0, sequence).to(per_token.device)).sum()
-    denom = count_loss_items(labels, normalization) if num_items is None else num_items
+        lengths = _answer_lengths(labels, document_ids, weight.shape[0])  # [B] or [D]
+        total = (per_token / lengths.index_select(0, document).to(per_token.device)).sum()
+    denom = count_loss_items(labels, normalization, document_ids) if num_items is None else num_items
     # A batch with nothing to predict contributes zero loss (and zero gradient), never NaN.
     denom = torch.as_tensor(denom, device=total.device, dtype=total.dtype).clamp_min(1.0)
     return total / denom
 
 
-def count_loss_items(labels: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+def count_loss_items(labels: torch.Tensor, normalization: Normalization,
+                     document_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The normaliser ``Z`` of :func:`masked_diffusion_loss` for one batch (summed over a window by the trainer):
-    tokens with a label for ``"token"``, sequences with at least one for ``"sequence"``."""
+    tokens with a label for ``"token"``, sequences (documents, in packed rows) with at least one for ``"sequence"``."""
     _check_normalization(normalization)
     maskable = labels != IGNORE_INDEX  # [B, L]
     if normalization == "token":
         return maskable.sum()
-    return (maskable.sum(dim=1) > 0).sum()
+    if document_ids is None:
+        return (maskable.sum(dim=1) > 0).sum()
+    return (_answer_lengths(labels, document_ids, labels.numel()) > 0).sum()
+
+
+def _document_of(positions: torch.Tensor, length: int, document_ids: torch.Tensor | None) -> torch.Tensor:
+    """The document of each flat position ``b * L + l``: its row ``b``, or its packed document."""
+    if document_ids is None:
+        return positions // length
+    return document_ids.flatten().index_select(0, positions.to(document_ids.device))
+
+
+def _answer_lengths(labels: torch.Tensor, document_ids: torch.Tensor | None, num_documents: int) -> torch.Tensor:
+    """Tokens with a label per row ``[B]``, or per document ``[num_documents]`` of packed rows (by scatter: no
+    host sync)."""
+    maskable = labels != IGNORE_INDEX  # [B, L]
+    if document_ids is None:
+        return maskable.sum(dim=1)
+    documents = document_ids.clamp_min(0).flatten()  # padding (-1) has no label, so adds 0 to document 0
+    return torch.zeros(num_documents, dtype=torch.long, device=labels.device).index_add_(
+        0, documents.to(labels.device), maskable.flatten().long())
 
 
 def _check_normalization(normalization: str) -> None:

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from dllm.core.diffusion import IGNORE_INDEX
+from dllm.data.packing import collate_packed
 from dllm.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -201,7 +202,15 @@ class SFTDataCollator:
         return longest if not multiple else -(-longest // multiple) * multiple
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """Collate rows into ``{"input_ids", "attention_mask", "labels"}``, each a LongTensor [B, L]."""
+        """Collate rows into ``{"input_ids", "attention_mask", "labels"}``, each a LongTensor [B, L]; packed rows
+        (from :func:`dllm.data.packing.pack_dataset`) into ``{"input_ids", "labels", "position_ids",
+        "document_ids"}`` (see :func:`dllm.data.packing.collate_packed`)."""
+        if rows and "seq_lengths" in rows[0]:
+            if self.train_on_eos_padding:
+                raise UsageError("packed rows cannot be padded with trained eos (train_on_eos_padding): a pack "
+                                 "holds several answers, not one fixed-length canvas")
+            return collate_packed(rows, self._padding()[0],
+                                  self._batch_length(max(len(row["input_ids"]) for row in rows)))
         kept: list[tuple[dict[str, list[int]], bool]] = []
         dropped = 0
         for position, row in enumerate(rows):

@@ -94,10 +94,19 @@ class DataArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for that tokenisation (datasets.map num_proc; None: this one)."}
     )
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Pack several conversations into each row of max_seq_length (best-fit decreasing), each "
+                  "attending only to itself with its own positions, diffusion time and ELBO weight; the batch "
+                  "size then counts packed rows. Text models; implies tokenising once."},
+    )
 
     def __post_init__(self) -> None:
         if self.max_seq_length < 1:
             raise UsageError(f"max_seq_length must be a positive integer, got {self.max_seq_length}")
+        if self.packing and self.train_on_eos_padding:
+            raise UsageError("--packing and --train_on_eos_padding exclude each other: eos padding trains one answer "
+                             "per fixed-length canvas, a packed row holds several answers")
         if self.test_size < 0 or (self.test_size >= 1 and self.test_size != int(self.test_size)):
             raise UsageError(f"test_size must be 0, a fraction in (0, 1) or a whole count, got {self.test_size}")
 

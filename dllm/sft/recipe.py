@@ -28,6 +28,7 @@ from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, family_for_model_ty
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
 from dllm.data.collator import SFTDataCollator, tokenize_messages
+from dllm.data.packing import pack_dataset
 from dllm.data.utils import load_sft_dataset
 from dllm.errors import UsageError
 from dllm.sft.config import DataArguments, ModelArguments, SFTConfig
@@ -236,9 +237,13 @@ def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTraine
     collator = SFTDataCollator(tokenizer, max_seq_length=data_args.max_seq_length,
                                mask_prompt_loss=data_args.mask_prompt_loss,
                                train_on_eos_padding=data_args.train_on_eos_padding)
-    if data_args.tokenize_once:
+    if data_args.tokenize_once or data_args.packing:
         dataset = tokenize_dataset(dataset, tokenizer, data_args.mask_prompt_loss,
                                    data_args.preprocessing_num_workers)
+    if data_args.packing:
+        dataset = DatasetDict({split: pack_dataset(rows, data_args.max_seq_length, name=split,
+                                                   num_proc=data_args.preprocessing_num_workers)
+                               for split, rows in dataset.items()})
 
     # 3. Train.
     trainer = MDLMTrainer(model=model, args=training_args, train_dataset=dataset["train"],

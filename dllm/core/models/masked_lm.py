@@ -10,6 +10,8 @@ so we clear it as well. No modeling file is copied: weights, kernels and PEFT su
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +74,13 @@ class BidirectionalMaskedLMMixin:
         super().__init__(config, *args, **kwargs)
         disable_causal_attention(self)
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_mask=None, **kwargs) -> MaskedLMOutput:
+    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_mask=None, document_ids=None,
+                **kwargs) -> MaskedLMOutput:
         """Denoise ``input_ids``; with ``logits_mask`` (bool ``[B, L]``) only the selected positions get logits.
+
+        Packed rows pass ``document_ids`` (``[B, L]``, equal ids = one document; padding is a document of its own)
+        with ``position_ids`` that restart at 0 for each document and no ``attention_mask``: each position then
+        attends to its own document only, in both directions (see :func:`document_attention_mask`).
 
         Without ``logits_mask`` the logits are ``[B, L, V]``, the causal class's. With it the backbone runs as usual
         and the output head (and Gemma 2's final soft-capping) is applied to the ``N`` selected hidden states only:
@@ -84,6 +91,15 @@ class BidirectionalMaskedLMMixin:
         """
         kwargs.setdefault("use_cache", False)  # a denoiser re-reads the whole sequence every step
         kwargs.pop("num_items_in_batch", None)
+        if document_ids is not None:
+            if attention_mask is not None:
+                raise ValueError("packed rows (document_ids) take no attention_mask: padding is its own document")
+            if getattr(self.config, "vision_config", None) is not None:
+                raise ValueError(f"{type(self).__name__}: packing (document_ids) is for text models; multimodal "
+                                 "rows keep one conversation each")
+            if is_flash_attention(self.config):
+                return self._flash_packed_forward(input_ids, labels, logits_mask, kwargs)
+            attention_mask = document_attention_mask(self.config, document_ids, self.dtype)
         if logits_mask is None or not _head_is_plain(type(self)):
             outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             logits = outputs.logits  # [B, L, V]
@@ -104,14 +120,78 @@ class BidirectionalMaskedLMMixin:
                 logits = torch.tanh(logits / cap) * cap
             if labels is not None:
                 labels = labels.to(logits_mask.device)[logits_mask]  # [N]
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits.flatten(0, -2).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX
-            )
-        return MaskedLMOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        return _masked_lm_output(logits, labels, outputs)
+
+    def _flash_packed_forward(self, input_ids, labels, logits_mask, kwargs) -> MaskedLMOutput:
+        """Packed rows through flash-attention's variable-length kernel: transformers finds the documents from
+        ``position_ids`` that restart, in a batch of one row, so the ``[B, L]`` rows run as one ``[1, B L]`` row
+        (padding restarts its positions too, so it stays a document of its own). Row-major flattening keeps the
+        order of ``logits_mask``'s positions; full logits are reshaped back to ``[B, L, V]``."""
+        batch, length = input_ids.shape
+        if "position_ids" not in kwargs:
+            raise ValueError("packed rows (document_ids) need position_ids that restart at each document")
+        kwargs["position_ids"] = kwargs["position_ids"].reshape(1, batch * length)
+        flat = lambda x: None if x is None else x.reshape(1, batch * length)  # noqa: E731
+        outputs = self.forward(input_ids=flat(input_ids), labels=flat(labels), logits_mask=flat(logits_mask), **kwargs)
+        if logits_mask is None:
+            outputs.logits = outputs.logits.reshape(batch, length, -1)  # [B, L, V]
+        return outputs
+
+
+def _masked_lm_output(logits: torch.Tensor, labels: torch.Tensor | None, outputs) -> MaskedLMOutput:
+    """``MaskedLMOutput`` with the plain (unshifted) cross-entropy where ``labels`` is not -100."""
+    loss = None
+    if labels is not None:
+        loss = F.cross_entropy(
+            logits.flatten(0, -2).float(), labels.flatten().to(logits.device), ignore_index=IGNORE_INDEX
         )
+    return MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states,
+                          attentions=outputs.attentions)
+
+
+def is_flash_attention(config: PretrainedConfig) -> bool:
+    """True for flash-attention kernels (``flash_attention_2``, ``flash_attention_3``, hub kernels of that kind)."""
+    return "flash" in str(getattr(config, "_attn_implementation", "") or "")
+
+
+def document_attention_mask(config: PretrainedConfig, document_ids: torch.Tensor,
+                            dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor] | Any:
+    """The attention mask of packed rows: query ``i`` sees key ``j`` iff both lie in the same document.
+
+    ``document_ids`` ``[B, L]``: equal ids within a row mark one document (padding gets an id of its own, so no query
+    is left with nothing to attend to). transformers finds packed documents from ``position_ids`` only for causal
+    masks (its bidirectional builder ignores them), so the rule is given here as a mask function and built by
+    transformers' own builder for the configured attention (``sdpa``: bool ``[B, 1, L, L]``, ``eager``: additive
+    float, ``flex_attention``: a ``BlockMask``), which a decoder takes as it is. Models with sliding-window layers
+    get their window on top, per layer type (a ``{"full_attention", "sliding_attention"}`` dict, as Gemma 2 and
+    Qwen3 take), or on every layer when the config has a window and no layer types (Mistral). Documents are
+    contiguous, so index distance within a row is position distance within a document.
+    """
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        and_masks,
+        packed_sequence_mask_function,
+        sliding_window_bidirectional_overlay,
+    )
+
+    batch, length = document_ids.shape
+    build = ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation]
+    same_document = packed_sequence_mask_function(document_ids)
+
+    def materialise(function: Callable) -> torch.Tensor | Any:
+        return build(batch_size=batch, q_length=length, kv_length=length, mask_function=function,
+                     attention_mask=None, allow_is_causal_skip=False, allow_is_bidirectional_skip=False,
+                     dtype=dtype, config=config, use_vmap=False, device=document_ids.device)
+
+    text = text_config(config)
+    window = getattr(text, "sliding_window", None)
+    layer_types = set(getattr(text, "layer_types", None) or ())
+    if window is not None and "sliding_attention" in layer_types:
+        sliding = and_masks(same_document, sliding_window_bidirectional_overlay(window))
+        return {"full_attention": materialise(same_document), "sliding_attention": materialise(sliding)}
+    if window is not None and not layer_types:
+        return materialise(and_masks(same_document, sliding_window_bidirectional_overlay(window)))
+    return materialise(same_document)
 
 
 _MASKED_LM_CLASSES: dict[type, type] = {}

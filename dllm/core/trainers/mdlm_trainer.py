@@ -22,6 +22,7 @@ from dllm.core.diffusion import (
     count_loss_items,
     mask_tokens,
     masked_diffusion_loss,
+    sample_document_t,
     sample_t,
 )
 from dllm.core.models.masked_lm import check_mask_token_id, text_config
@@ -177,15 +178,19 @@ class MDLMTrainer(Trainer):
         #    (seed, optimizer step, micro-batch) alike on every process (see _noise_generator), so the draws are
         #    made for the global batch and each process keeps its slice: processes never share t or masks,
         #    and the low-discrepancy grid spans the global batch.
-        world, rank, batch = args.world_size, args.process_index, input_ids.shape[0]
+        #    Packed rows (document_ids) get one t per document instead (see _sample_document_t).
+        documents = inputs.get("document_ids")  # [B, L] packed rows, else None; the model reads it too
         generator = self._noise_generator(training, input_ids.device)
-        t = sample_t(world * batch, eps=args.time_eps, antithetic=args.time_sampler == "antithetic",
-                     device=input_ids.device, generator=generator)[rank * batch : (rank + 1) * batch]  # [B]
+        t = self._sample_t(input_ids, documents, generator)  # [B], or [B L] document slots
 
-        # 2. Forward process: mask answer tokens with probability 1 - alpha(t).
+        # 2. Forward process: mask answer tokens with probability 1 - alpha(t) (their document's t when packed).
+        world, rank = args.world_size, args.process_index
         uniforms = torch.rand((world, *input_ids.shape), device=input_ids.device,
                               generator=generator)[rank]  # [B, L]
-        noisy_ids, masked = mask_tokens(input_ids, labels, self.schedule.mask_probability(t), self.mask_token_id,
+        mask_prob = self.schedule.mask_probability(t)  # [B] or [B L]
+        if documents is not None:
+            mask_prob = mask_prob.index_select(0, documents.clamp_min(0).flatten()).view_as(input_ids)  # [B, L]
+        noisy_ids, masked = mask_tokens(input_ids, labels, mask_prob, self.mask_token_id,
                                         uniforms=uniforms)  # [B, L], [B, L]
 
         # 3. Denoise x_t in one bidirectional pass. Only masked positions enter the loss, so the output head runs
@@ -201,7 +206,7 @@ class MDLMTrainer(Trainer):
         num_items = num_items_in_batch if training else None
         weight = torch.ones_like(t) if training and args.loss_weighting == "uniform" else self.schedule.weight(t)
         loss = masked_diffusion_loss(outputs.logits, labels, masked, weight,  # [N, V] logits, chunked cross-entropy
-                                     normalization=normalization, num_items=num_items)
+                                     normalization=normalization, num_items=num_items, document_ids=documents)
         if num_items is not None and args.average_tokens_across_devices and args.world_size > 1:
             # num_items counts every process's tokens; DDP averages gradients over processes, so undo it.
             loss = loss * self.accelerator.num_processes
@@ -217,7 +222,7 @@ class MDLMTrainer(Trainer):
 
         Tokens with a label for ``loss_normalization="token"``, sequences with at least one for ``"sequence"``.
         """
-        counts = [count_loss_items(batch["labels"], self.args.loss_normalization)
+        counts = [count_loss_items(batch["labels"], self.args.loss_normalization, batch.get("document_ids"))
                   for batch in batch_samples if "labels" in batch]
         if not counts:
             return None
@@ -244,6 +249,21 @@ class MDLMTrainer(Trainer):
         return super().evaluation_loop(*args, **kwargs)
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _sample_t(self, input_ids: torch.Tensor, documents: torch.Tensor | None,
+                  generator: torch.Generator) -> torch.Tensor:
+        """This process's diffusion times: ``[B]`` for one conversation per row, sliced from one draw for the global
+        batch; for packed rows ``[B L]`` document slots (:func:`~dllm.core.diffusion.sample_document_t`), whose
+        documents differ in number between processes, so each process takes its own offset of one global draw."""
+        args: MDLMConfig = self.args
+        world, rank, batch = args.world_size, args.process_index, input_ids.shape[0]
+        antithetic = args.time_sampler == "antithetic"
+        if documents is None:
+            return sample_t(world * batch, eps=args.time_eps, antithetic=antithetic, device=input_ids.device,
+                            generator=generator)[rank * batch : (rank + 1) * batch]  # [B]
+        shape = (world,) if antithetic else (world, documents.numel())  # an offset, or a uniform per slot
+        u = torch.rand(shape, device=input_ids.device, generator=generator)[rank]
+        return sample_document_t(documents, u, eps=args.time_eps, antithetic=antithetic)
+
     def _noise_generator(self, training: bool, device: torch.device) -> torch.Generator:
         """The generator of one micro-batch's ``t`` and masks, seeded by where the micro-batch stands.
 

@@ -13,6 +13,7 @@ from transformers import AutoProcessor, HfArgumentParser, set_seed
 from dllm.auto import FAMILIES
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.data import load_sft_dataset
+from dllm.errors import UsageError
 from dllm.pipelines.qwen3_vl import Qwen3VLForMaskedLM
 from dllm.pipelines.qwen3_vl.trainer import Qwen3VLTrainer
 from dllm.pipelines.qwen3_vl.utils import create_qwen3_vl_collator
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> Qwen3VLTrainer:
     parser = HfArgumentParser((Qwen3VLModelArguments, DataArguments, SFTConfig))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     checkpoint = model_args.model_name_or_path or FAMILIES["qwen3_vl"].default_checkpoint
+    if data_args.packing:
+        raise UsageError("--packing is for text models: Qwen3-VL rows keep one conversation (and its images) each")
 
     # 1. Data: message rows with <image> placeholders and undecoded images (decoded by the collator).
     test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
