@@ -1,0 +1,59 @@
+"""benchmarks/train_throughput.py: its FLOP count on hand-made batches, and a whole run at a tiny size (the speeds
+are meaningless there; the modes, the batches they train on, the ratios and the memory probe are not)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import alpaca_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark_throughput", ROOT / "benchmarks" / "train_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_flops_count_the_head_where_it_runs_and_attention_within_documents(bench):
+    args = argparse.Namespace(hidden=256, layers=2)
+    padded = {"input_ids": torch.zeros(2, 8, dtype=torch.long), "attention_mask": torch.tensor([[1] * 8, [1] * 4 + [0] * 4]),
+              "labels": torch.tensor([[-100] * 2 + [5] * 6, [-100] * 2 + [5] * 2 + [-100] * 4])}
+    body = 2 * (2 * 256 * 256 + 2 * 256 * 64 + 3 * 256 * 704)  # q, o (256 x 256), k, v (256 x 64), SwiGLU 704
+    attention = 12 * 2 * 256 * (8 * 8 + 4 * 8)  # every query (padding too) of a row sees the row's real keys
+    assert bench.step_flops(args, 1000, "ar", padded, 0.5) == 6 * body * 16 + 6 * 256 * 1000 * 16 + attention
+    masked = bench.step_flops(args, 1000, "mdlm_masked_head", padded, 0.5)
+    assert masked == 6 * body * 16 + 6 * 256 * 1000 * 0.5 * 8 + attention  # the head at half of the 8 answer tokens
+    packed = {"input_ids": torch.zeros(1, 8, dtype=torch.long), "labels": padded["labels"][:1],
+              "document_ids": torch.tensor([[0, 0, 0, 1, 1, 1, 1, -1]])}
+    assert bench.step_flops(args, 1000, "mdlm_packed", packed, 0.5) == (
+        6 * body * 8 + 6 * 256 * 1000 * 0.5 * 6 + 12 * 2 * 256 * (3 * 3 + 4 * 4))
+
+
+def test_a_tiny_run_measures_every_mode_and_packing_removes_padding(bench, tmp_path):
+    data = alpaca_fixture(tmp_path / "alpaca.json", n=48)
+    result = bench.main(["--data", str(data), "--vocab", "300", "--hidden", "64", "--layers", "1", "--seq", "64",
+                         "--batch", "2", "--repeats", "2", "--threads", "1"])
+    modes = result["vocab_300"]
+    assert set(modes) == {"ar", "mdlm_full_head", "mdlm_masked_head", "mdlm_padded", "mdlm_padded_to_max",
+                          "mdlm_packed"}
+    assert result["matmul_peak_tflops"] > 0 and all(m["step_s"] > 0 and m["tflops"] > 0 for m in modes.values())
+    assert modes["mdlm_padded_to_max"]["padding_fraction"] > modes["mdlm_padded"]["padding_fraction"] > 0
+    assert modes["mdlm_packed"]["padding_fraction"] < 0.2  # ~14-token conversations fill rows of 64
+    assert modes["mdlm_packed"]["useful_tokens_over_padded_to_max"] > 1.5
+    assert all(m["step_adds_mib"] > 0 for m in modes.values())  # each mode's memory probe ran
+    assert 0 < modes["mdlm_masked_head"]["step_over_ar"] and 0 < modes["mdlm_full_head"]["paired_step_over_ar"]
