@@ -104,6 +104,12 @@ def test_packing_with_eos_padding_is_a_one_line_error(tmp_path):
                                      "trains one answer per fixed-length canvas, a packed row holds several answers")
 
 
+@pytest.mark.parametrize("script", ["examples/llama3/sft.py", "examples/gemma2/sft.py", "examples/qwen3_vl/sft.py"])
+def test_example_scripts_print_one_line_for_a_user_mistake(tmp_path, script):
+    result = run_script(script, "--model_name_or_path", str(tmp_path / "nope"), returncode=2)
+    assert result.stderr.strip() == f"dllm sft: {tmp_path / 'nope'}: no such checkpoint folder"
+
+
 @pytest.mark.parametrize("script", ["examples/llama3/sft.py", "examples/gemma2/sft.py"])
 def test_help(script):
     result = run_script(script, "--help")

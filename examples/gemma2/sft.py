@@ -18,7 +18,9 @@ Local data and a quick check:
 Every flag: python examples/gemma2/sft.py --help  (the same as `dllm sft gemma2 --help`).
 """
 
-from dllm.sft.recipe import main
+import sys
 
-if __name__ == "__main__":
-    main("gemma2")
+from dllm.cli import main
+
+if __name__ == "__main__":  # through the command line: a mistake in the flags or data is one line, exit status 2
+    sys.exit(main(["sft", "gemma2", *sys.argv[1:]]))

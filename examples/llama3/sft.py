@@ -18,7 +18,9 @@ Local data and a quick check:
 Every flag: python examples/llama3/sft.py --help  (the same as `dllm sft llama3 --help`).
 """
 
-from dllm.sft.recipe import main
+import sys
 
-if __name__ == "__main__":
-    main("llama3")
+from dllm.cli import main
+
+if __name__ == "__main__":  # through the command line: a mistake in the flags or data is one line, exit status 2
+    sys.exit(main(["sft", "llama3", *sys.argv[1:]]))

@@ -17,7 +17,7 @@ Every flag: python examples/qwen3_vl/sft.py --help
 
 import sys
 
-from dllm.pipelines.qwen3_vl.recipe import main
+from dllm.cli import main
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # through the command line: a mistake in the flags or data is one line, exit status 2
+    sys.exit(main(["sft", "qwen3_vl", *sys.argv[1:]]))

@@ -51,8 +51,8 @@ def test_example_sft_trains_and_saves_a_loadable_checkpoint(tmp_path, lora):
     flags = ["--model_name_or_path", str(base), "--dataset_args", f"{data}", "--output_dir", str(out),
              "--lora", lora, "--max_steps", "2", "--per_device_train_batch_size", "2", "--use_cpu", "True",
              "--report_to", "none", "--save_strategy", "no", "--dtype", "float32", "--r", "4"]
-    if lora == "True":
-        module.main(flags)
+    if lora == "True":  # the example runs `dllm sft qwen3_vl` (one-line errors)
+        assert module.main(["sft", "qwen3_vl", *flags]) == 0
     else:  # `dllm sft --model_name_or_path` picks the Qwen3-VL recipe from the checkpoint's model_type
         from dllm.cli import main as cli_main
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoProcessor, HfArgumentParser, set_seed
 
-from dllm.auto import FAMILIES
+from dllm.auto import FAMILIES, load_config
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.data import load_sft_dataset
 from dllm.errors import UsageError
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> Qwen3VLTrainer:
     checkpoint = model_args.model_name_or_path or FAMILIES["qwen3_vl"].default_checkpoint
     if data_args.packing:
         raise UsageError("--packing is for text models: Qwen3-VL rows keep one conversation (and its images) each")
+    load_config(checkpoint, model_args.trust_remote_code)  # a missing or untrusted checkpoint fails first
 
     # 1. Data: message rows with <image> placeholders and undecoded images (decoded by the collator).
     test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
