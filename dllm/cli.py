@@ -21,14 +21,15 @@ commands:
   demo [flags]           offline demo: train a tiny model on synthetic tasks, then answer held-out prompts
   sample CKPT [prompts] [flags]
                          answer prompts (arguments, --prompt_file F.txt|F.jsonl) with a checkpoint, in batches;
-                         prints them or writes --output out.jsonl; every sampler option is a flag
+                         prints them or writes --output out.jsonl; every sampler option is a flag;
+                         --image FILE: questions about an image (vision-language checkpoints)
   eval CKPT [flags]      exact match on the demo's held-out tasks (--task demo) or a dataset (--dataset_args SPEC),
                          per task and overall; --likelihood True adds the ELBO NLL per reference token;
                          every sampler option is a flag; --output results.json
   serve CKPT [flags]     OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models);
                          needs the serve extra: pip install 'dllm[serve]'
   chat CKPT [flags]      multi-turn chat in the terminal, each answer unmasking step by step on screen;
-                         /reset, /settings steps=4 threshold=0.9, /quit; piped input: answers only
+                         /reset, /settings steps=4 threshold=0.9, /image FILE, /quit; piped input: answers only
   playground CKPT [--port N] [flags]
                          web page: type a prompt, pick steps / block size / threshold / cache, watch the answer
                          unmask; needs the web extra: pip install 'dllm[web]'

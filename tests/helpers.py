@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -64,3 +68,47 @@ def save_tiny_masked_lm(path: Path, *, gen_length: int | None = None, **config_o
     if gen_length is not None:
         DiffusionGenerationConfig(gen_length=gen_length).save_pretrained(path)
     return path
+
+
+def noise_image(seed: int = 0, size: tuple[int, int] = (64, 64)):
+    """A seeded RGB noise image (64x64 is 4 tokens for the tiny Qwen3-VL's processor)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy(), "RGB")
+
+
+def save_tiny_vl(path: Path, **settings) -> Path:
+    """A tiny random Qwen3-VL masked LM with its processor and a mask token saved to ``path`` (what
+    ``dllm sft qwen3_vl`` writes), plus saved sampler settings ``settings`` when given. Needs torchvision."""
+    from dllm.core.models import add_mask_token
+    from dllm.core.sampling import DiffusionGenerationConfig
+    from dllm.pipelines.qwen3_vl.testing import build_tiny_qwen3_vl
+
+    model, processor = build_tiny_qwen3_vl()
+    add_mask_token(model, processor.tokenizer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    if settings:
+        DiffusionGenerationConfig(**settings).save_pretrained(path)
+    return path
+
+
+@contextmanager
+def served(app) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

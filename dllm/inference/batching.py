@@ -2,7 +2,8 @@
 
 A request puts one job per prompt on the queue and awaits their futures. The worker takes the first job, waits
 ``window_s`` for more to arrive, then groups what came by sampler settings (equal
-:class:`~dllm.core.sampling.DiffusionGenerationConfig` values, the answer length included) and runs each group,
+:class:`~dllm.core.sampling.DiffusionGenerationConfig` values, the answer length included) and by the kind of
+prompt (token ids, or a :class:`~dllm.inference.engine.VisionPrompt` with images) and runs each group,
 at most ``max_batch_size`` prompts at a time, as one :meth:`Engine.run` call in a single model thread, so the
 event loop keeps accepting requests meanwhile. Each job's future gets its own row of the result; jobs whose
 request went away (a cancelled future) are dropped before the call. Requests arriving while a call runs wait on
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 
 from dllm.core.sampling import DiffusionGenerationConfig
-from dllm.inference.engine import Completion, Engine
+from dllm.inference.engine import Completion, Engine, VisionPrompt
 
 # Display switches that do not change the answers; a batch records history if one of its jobs needs it.
 _NOT_BATCH_KEYS = ("record_history", "progress")
@@ -34,7 +35,7 @@ def batch_key(config: DiffusionGenerationConfig) -> tuple:
 
 @dataclass
 class _Job:
-    prompt: list[int]
+    prompt: list[int] | VisionPrompt
     config: DiffusionGenerationConfig
     history: bool
     future: asyncio.Future
@@ -64,9 +65,10 @@ class Batcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, prompts: list[list[int]], config: DiffusionGenerationConfig, history: bool = False,
+    async def submit(self, prompts: list[list[int] | VisionPrompt], config: DiffusionGenerationConfig,
+                     history: bool = False,
                      on_block: Callable[[int, int, list[int]], None] | None = None) -> list[Completion]:
-        """The completions of ``prompts`` (token ids), in order, once the batches holding them have run.
+        """The completions of ``prompts`` (token ids or vision prompts), in order, once their batches have run.
 
         ``on_block(row, block, ids)``: called on the event loop as soon as the sampler finishes a block of
         ``prompts[row]``, with that answer's ids so far (cut before EOS).
@@ -88,7 +90,8 @@ class Batcher:
                 jobs.append(self._queue.get_nowait())
             groups: dict[tuple, list[_Job]] = {}
             for job in jobs:
-                groups.setdefault(batch_key(job.config), []).append(job)
+                kind = isinstance(job.prompt, VisionPrompt)  # one sampler call takes one kind of prompt
+                groups.setdefault((kind, batch_key(job.config)), []).append(job)
             for group in groups.values():
                 for start in range(0, len(group), self.max_batch_size):
                     await self._run(group[start:start + self.max_batch_size])

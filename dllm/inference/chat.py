@@ -10,10 +10,13 @@ EOS as ``·``, the tokens the latest step committed highlighted; the sampler run
 hands over each finished block with its steps (the sampler's ``on_block`` callback), which are drawn
 ``--step_delay`` seconds apart.
 Then the final answer is printed. Commands: ``/reset`` (forget the conversation), ``/settings`` (show the
-sampler settings), ``/settings steps=4 threshold=0.9`` (change them; ``none`` unsets), ``/help``, ``/quit``.
+sampler settings), ``/settings steps=4 threshold=0.9`` (change them; ``none`` unsets), ``/image PATH`` (attach
+an image file, or a ``data:image/...;base64,`` URL, to your next message; vision-language checkpoints such as
+Qwen3-VL only), ``/help``, ``/quit``.
 
 With no terminal (standard input not a tty) nothing but the answers is printed, one line each (a newline in
-an answer is written as ``\\n``); the commands still work, silently.
+an answer is written as ``\\n``); the commands still work, silently, except that a refused command (a bad
+setting or image) prints its one-line error on standard error.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 
 from dllm.core.sampling import DiffusionGenerationConfig, GenerationOutput, StepRecord, answer_ids, generate
 from dllm.errors import UsageError
-from dllm.inference.engine import check_generation_config, encode_chats
+from dllm.inference.engine import VisionPrompt, check_generation_config, encode_chats, sampler_inputs
+from dllm.inference.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
@@ -44,7 +48,7 @@ SPECIAL_GLYPH = "·"
 SETTINGS = ("gen_length", "steps", "block_size", "remasking", "threshold", "temperature", "top_k", "top_p",
             "cfg_scale", "cache")
 HELP = ("/reset  forget the conversation   /settings [name=value ...]  show or change sampler settings   "
-        "/quit  leave")
+        "/image PATH  attach an image to your next message   /quit  leave")
 
 
 @dataclass
@@ -96,7 +100,8 @@ class Chat:
     def __init__(self, loaded: LoadedCheckpoint, args: ChatArguments | None = None, console: Any = None):
         self.loaded, self.args, self.console = loaded, args or ChatArguments(), console
         self.config = replace(loaded.generation_config, record_history=False, progress=False)
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, Any]] = []
+        self.image: Any = None  # attached to the next user turn (/image)
 
     def handle(self, line: str) -> str | None:
         """Answer a user turn, or run a command; returns the answer (``None`` for a command). Raises
@@ -106,10 +111,12 @@ class Chat:
         if command in ("/quit", "/exit"):
             raise EOFError
         if command == "/reset":
-            self.messages = []
+            self.messages, self.image = [], None
             self._say("conversation cleared")
         elif command == "/settings":
             self._settings(rest)
+        elif command == "/image":
+            self._attach(rest.strip())
         elif command == "/help" or (line.startswith("/") and command != "/"):
             self._say(HELP if command == "/help" else f"unknown command {command}; {HELP}")
         elif line:
@@ -117,23 +124,46 @@ class Chat:
         return None
 
     def reply(self, text: str) -> str:
-        """Answer ``text`` as the next user turn (drawing the canvas on a console) and remember both turns."""
-        self.messages.append({"role": "user", "content": text})
-        prompt = encode_chats(self.loaded.tokenizer, [self.messages])[0]
-        out = self._generate(prompt) if self.console is not None else self._run(prompt, None)
-        ids = answer_ids(out.sequences.cpu(), len(prompt), self.config.eos_token_id)[0]
-        answer = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
+        """Answer ``text`` as the next user turn (with the attached image, if any; drawing the canvas on a
+        console) and remember both turns."""
+        content: Any = text if self.image is None else [{"type": "image", "image": self.image},
+                                                        {"type": "text", "text": text}]
+        self.messages.append({"role": "user", "content": content})
+        self.image = None
+        ids, mask, kwargs = self._inputs()
+        out = self._generate(ids, mask, kwargs) if self.console is not None else self._run(ids, mask, kwargs, None)
+        answer_row = answer_ids(out.sequences.cpu(), ids.shape[1], self.config.eos_token_id)[0]
+        answer = self.loaded.tokenizer.decode(answer_row, skip_special_tokens=True)
         self.messages.append({"role": "assistant", "content": answer})
         return answer
 
-    def _run(self, prompt: list[int], on_block: Any) -> GenerationOutput:
-        import torch
+    def _inputs(self) -> tuple[Any, Any, dict[str, Any] | None]:
+        """The sampler's inputs for the conversation: token ids, or, once it holds an image, the processor's."""
+        with_images = any(not isinstance(m["content"], str) for m in self.messages)
+        prompt = VisionPrompt(self.messages) if with_images else encode_chats(self.loaded.tokenizer,
+                                                                              [self.messages])[0]
+        return sampler_inputs(self.loaded.model, [prompt], self.config.gen_length, self.config.pad_token_id,
+                              self.loaded.processor)
 
-        device = next(self.loaded.model.parameters()).device
+    def _attach(self, source: str) -> None:
+        """``/image PATH``: the image goes with the next user turn."""
+        if not source:
+            self._error("usage: /image PATH (an image file or a data:image/...;base64, URL)")
+            return
+        try:
+            self.loaded.image_processor("/image")
+            self.image = load_image(source)
+        except UsageError as err:
+            self._error(str(err))
+            return
+        self._say(f"image attached to your next message: {source}")
+
+    def _run(self, ids: Any, mask: Any, kwargs: dict[str, Any] | None, on_block: Any) -> GenerationOutput:
         config = replace(self.config, record_history=on_block is not None)
-        return generate(self.loaded.model, torch.tensor([prompt], device=device), config, on_block=on_block)
+        return generate(self.loaded.model, ids, config, attention_mask=mask, on_block=on_block,
+                        model_kwargs=kwargs)
 
-    def _generate(self, prompt: list[int]) -> GenerationOutput:
+    def _generate(self, ids: Any, mask: Any, kwargs: dict[str, Any] | None) -> GenerationOutput:
         """Run the sampler in a thread; draw each step of each block as the block arrives."""
         from rich.live import Live
 
@@ -142,7 +172,7 @@ class Chat:
 
         def work() -> None:
             try:
-                result["out"] = self._run(prompt, lambda _index, _x, steps: blocks.put(steps))
+                result["out"] = self._run(ids, mask, kwargs, lambda _index, _x, steps: blocks.put(steps))
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread below
                 result["error"] = err
             finally:
@@ -153,7 +183,7 @@ class Chat:
         with Live(console=self.console, transient=True, refresh_per_second=30) as live:
             while (steps := blocks.get()) is not None:
                 for record in steps:
-                    view = self._canvas(record, len(prompt))
+                    view = self._canvas(record, ids.shape[1])
                     if self.args.show_steps:
                         live.console.print(view)
                     else:
@@ -180,13 +210,20 @@ class Chat:
             try:
                 self.config = parse_settings(self.config, text)
             except ValueError as err:
-                self._say(f"settings unchanged: {err}")
+                self._error(f"settings unchanged: {err}")
                 return
         self._say("  ".join(f"{name}={getattr(self.config, name)}" for name in SETTINGS))
 
     def _say(self, message: str) -> None:
         if self.console is not None:
             self.console.print(message, style="yellow", markup=False, highlight=False)
+
+    def _error(self, message: str) -> None:
+        """A refused command: on the console like any message; piped, one line on standard error."""
+        if self.console is not None:
+            self.console.print(message, style="bold red", markup=False, highlight=False)
+        else:
+            print(f"dllm chat: {message}", file=sys.stderr, flush=True)
 
 
 def _interactive(chat: Chat) -> None:

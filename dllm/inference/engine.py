@@ -4,6 +4,10 @@ Shared by ``dllm sample`` (batches of a prompt file) and ``dllm serve`` (batches
 turn prompts into ids (:func:`encode_chats` through the chat template, :func:`encode_texts` as raw text), and
 :meth:`Engine.run` answers one left-padded batch with one :func:`~dllm.core.sampling.generate` call. At
 temperature 0 an answer does not depend on the batch it was run in (the sampler's batch invariance).
+
+Conversations with images (:class:`VisionPrompt`, for a vision-language checkpoint) are turned into the sampler's
+inputs when their batch runs (:func:`sampler_inputs`: the checkpoint's processor and its family's image inputs,
+``dllm.auto.FAMILIES``); ``dllm chat`` and ``dllm playground`` use the same function.
 """
 
 from __future__ import annotations
@@ -16,6 +20,46 @@ import torch
 
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, block_bounds, generate, left_pad
 from dllm.core.sampling.loop import BlockCallback
+
+
+@dataclass
+class VisionPrompt:
+    """A conversation with images for a vision-language checkpoint: chat messages whose content is a string or a
+    list of parts, ``{"type": "image", "image": PIL image}`` and ``{"type": "text", "text": ...}`` (Qwen's chat
+    format). The checkpoint's processor makes its token ids when its batch runs."""
+
+    messages: list[dict[str, Any]]
+
+
+Prompts = list[list[int]] | list[VisionPrompt]
+"""A batch: token ids, or conversations with images (never both in one batch)."""
+
+
+def sampler_inputs(model: Any, prompts: Prompts, gen_length: int, pad_token_id: int,
+                   processor: Any = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any] | None]:
+    """``(prompt_ids [B, P], attention_mask [B, P], model_kwargs)`` for :func:`generate`, on the model's device:
+    token ids left-padded with ``pad_token_id`` (no ``model_kwargs``), or :class:`VisionPrompt` conversations
+    through ``processor`` and the model family's image inputs (pixel values, multimodal positions).
+
+    Raises:
+        ValueError: a batch mixing the two kinds, vision prompts for a model whose family takes no images, or
+            vision prompts without a processor.
+    """
+    from dllm.auto import family_for_model_type
+
+    vision = [isinstance(prompt, VisionPrompt) for prompt in prompts]
+    if not any(vision):
+        ids, mask = left_pad(prompts, pad_token_id)  # [B, P]
+        device = next(model.parameters()).device
+        return ids.to(device), mask.to(device), None
+    if not all(vision):
+        raise ValueError("a batch mixes conversations with images and token ids")
+    family = family_for_model_type(model.config.model_type)
+    if family is None or family.image_inputs is None:
+        raise ValueError(f"model_type {model.config.model_type!r} takes no images")
+    if processor is None:
+        raise ValueError("conversations with images need the checkpoint's processor")
+    return family.image_inputs(model, processor, [prompt.messages for prompt in prompts], gen_length)
 
 
 def encode_chats(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
@@ -91,22 +135,31 @@ def _answers_after_block(on_block: BlockIds, prompt_length: int, config: Diffusi
 
 
 class Engine:
-    """A model and tokenizer with the checkpoint's sampler settings; counts its sampler calls."""
+    """A model and tokenizer with the checkpoint's sampler settings (and, for a vision-language checkpoint, its
+    processor, which :class:`VisionPrompt` batches need); counts its sampler calls."""
 
-    def __init__(self, model: Any, tokenizer: Any, config: DiffusionGenerationConfig):
-        self.model, self.tokenizer, self.config = model, tokenizer, config
+    def __init__(self, model: Any, tokenizer: Any, config: DiffusionGenerationConfig, processor: Any = None):
+        self.model, self.tokenizer, self.config, self.processor = model, tokenizer, config, processor
         self.device = next(model.parameters()).device
         self.sampler_calls = 0
 
-    def run(self, prompts: list[list[int]], config: DiffusionGenerationConfig | None = None,
+    def prompt_length(self, prompt: list[int] | VisionPrompt) -> int:
+        """Tokens in a prompt (a vision prompt's image placeholders included)."""
+        if not isinstance(prompt, VisionPrompt):
+            return len(prompt)
+        _, mask, _ = sampler_inputs(self.model, [prompt], 0, self.config.pad_token_id, self.processor)
+        return int(mask.sum())
+
+    def run(self, prompts: Prompts, config: DiffusionGenerationConfig | None = None,
             history: bool = False, on_block: BlockIds | None = None) -> list[Completion]:
-        """Answer the prompts' ids in one sampler call (``history``: also keep per-block snapshots;
-        ``on_block(index, rows)``: called from the sampler's thread after each finished block, see :data:`BlockIds`)."""
+        """Answer the prompts (token ids, or :class:`VisionPrompt` conversations) in one sampler call (``history``:
+        also keep per-block snapshots; ``on_block(index, rows)``: called from the sampler's thread after each
+        finished block, see :data:`BlockIds`)."""
         config = check_generation_config(replace(config or self.config, record_history=history, progress=False))
-        ids, mask = left_pad(prompts, config.pad_token_id)  # [B, P]
+        ids, mask, kwargs = sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id,
+                                           self.processor)  # [B, P]
         callback = None if on_block is None else _answers_after_block(on_block, ids.shape[1], config)
-        out = generate(self.model, ids.to(self.device), config, attention_mask=mask.to(self.device),
-                       on_block=callback)
+        out = generate(self.model, ids, config, attention_mask=mask, on_block=callback, model_kwargs=kwargs)
         self.sampler_calls += 1
         sequences = out.sequences.cpu()  # [B, P + G]
         answers = answer_ids(sequences, ids.shape[1], config.eos_token_id)

@@ -115,12 +115,32 @@ class LoadedCheckpoint:
     model: PreTrainedModel
     tokenizer: Any
     generation_config: DiffusionGenerationConfig
+    trust_remote_code: bool = False
+    processor: Any = None
+    """The image processor of a vision-language checkpoint, once :meth:`image_processor` has loaded it."""
 
     @property
     def default_name(self) -> str:
         """The name it is served under by default: a folder's name, or the hub id."""
         path = Path(self.name_or_path)
         return path.resolve().name if path.is_dir() else self.name_or_path
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether the checkpoint answers questions about images (its ``model_type`` is a vision-language one)."""
+        return self.model.config.model_type in IMAGE_MODEL_TYPES
+
+    def image_processor(self, what: str = "an image") -> Any:
+        """The checkpoint's ``AutoProcessor``, loaded on first use.
+
+        Raises:
+            UsageError: the checkpoint takes no images (naming ``what`` was given), or its processor cannot be
+                loaded.
+        """
+        if self.processor is None:
+            check_takes_images(self.name_or_path, self.model.config.model_type, what)
+            self.processor = _auto_processor(self.name_or_path, self.trust_remote_code)
+        return self.processor
 
 
 def _generation_config(checkpoint: str, overrides: dict[str, Any]) -> DiffusionGenerationConfig:
@@ -172,33 +192,42 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
         check_mask_token_id(model, mask_id)
     except ValueError as err:
         raise UsageError(f"{checkpoint}: mask token id {mask_id} is not a row of the embedding matrix") from err
-    return LoadedCheckpoint(checkpoint, model.to(_device(options.device)).eval(), tokenizer, generation)
+    return LoadedCheckpoint(checkpoint, model.to(_device(options.device)).eval(), tokenizer, generation,
+                            options.trust_remote_code)
 
 
 IMAGE_MODEL_TYPES = tuple(f.model_type for f in FAMILIES.values() if f.image_inputs is not None)
-"""``config.json`` model types whose checkpoints answer questions about images (``dllm sample --image``)."""
+"""``config.json`` model types whose checkpoints answer questions about images (``dllm sample --image``, ...)."""
 
 
-def load_image_processor(checkpoint: str, options: CheckpointArguments | None = None, **overrides: Any) -> Any:
-    """The ``AutoProcessor`` of a checkpoint that takes images (a Qwen3-VL folder saved with its processor),
-    checked before any weights are read; ``overrides`` as in :func:`load_checkpoint`.
+def check_takes_images(checkpoint: str, model_type: str, what: str) -> None:
+    """Refuse an image (``what``: ``--image``, ``/image``...) for a checkpoint whose model type takes none.
 
     Raises:
-        UsageError: the checkpoint is not of an image model type, its sampler settings (with ``overrides``) use a
-            cache or guidance (images need ``cache="none"``, ``cfg_scale=0``), or its processor cannot be loaded.
+        UsageError: one line naming the checkpoint, its model type and the ones that take images.
     """
+    if model_type not in IMAGE_MODEL_TYPES:
+        kinds = " or ".join(repr(t) for t in IMAGE_MODEL_TYPES)
+        raise UsageError(f"{checkpoint}: {what} needs a vision-language checkpoint (model_type {kinds}); this one "
+                         f"is model_type {model_type!r} and takes text only")
+
+
+def _auto_processor(checkpoint: str, trust_remote_code: bool) -> Any:
     from transformers import AutoProcessor
 
-    options = options or CheckpointArguments()
-    model_type = load_config(checkpoint, options.trust_remote_code).model_type
-    if model_type not in IMAGE_MODEL_TYPES:
-        raise UsageError(f"{checkpoint}: --image needs a Qwen3-VL checkpoint (model_type 'qwen3_vl'), "
-                         f"got model_type {model_type!r}")
-    settings = _generation_config(checkpoint, overrides)
-    if settings.cache != "none" or settings.cfg_scale > 0:
-        raise UsageError(f"--image needs --cache none and --cfg_scale 0 (got cache={settings.cache!r}, "
-                         f"cfg_scale={settings.cfg_scale})")
     try:
-        return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=options.trust_remote_code)
+        return AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise UsageError(f"{checkpoint}: cannot load the image processor ({str(err).splitlines()[0]})") from err
+
+
+def load_image_processor(checkpoint: str, options: CheckpointArguments | None = None) -> Any:
+    """The ``AutoProcessor`` of a checkpoint that takes images (a Qwen3-VL folder saved with its processor),
+    checked before any weights are read (``dllm sample --image`` fails fast).
+
+    Raises:
+        UsageError: the checkpoint is not of an image model type, or its processor cannot be loaded.
+    """
+    options = options or CheckpointArguments()
+    check_takes_images(checkpoint, load_config(checkpoint, options.trust_remote_code).model_type, "--image")
+    return _auto_processor(checkpoint, options.trust_remote_code)

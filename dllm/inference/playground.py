@@ -10,6 +10,9 @@ outlined. The sampler runs in a worker thread and hands over each finished block
 ``on_block`` callback), so the page updates while later blocks are still being computed. A bar chart shows how
 many tokens each step committed (with a threshold, confident steps commit many). The final answer is the one
 :func:`~dllm.core.sampling.generate_text` gives for the same prompt and settings.
+
+With a vision-language checkpoint (Qwen3-VL) an image box sits next to the prompt: an image put there goes with
+the prompt (before its text), under every sampler setting.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any
 from dllm.core.sampling import CACHE_MODES, DiffusionGenerationConfig, StepRecord, answer_ids, generate
 from dllm.errors import UsageError
 from dllm.inference.chat import MASK_GLYPH, token_pieces
-from dllm.inference.engine import check_generation_config, encode_chats
+from dllm.inference.engine import VisionPrompt, check_generation_config, encode_chats, sampler_inputs
+from dllm.inference.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
@@ -64,20 +68,19 @@ def canvas_html(pieces: list[str], committed_at: list[int | None], total: int, n
             f'letter-spacing:2px">{"".join(spans)}</div>')
 
 
-def _records(loaded: LoadedCheckpoint, prompt: list[int], config: DiffusionGenerationConfig,
+def _records(loaded: LoadedCheckpoint, inputs: tuple, config: DiffusionGenerationConfig,
              ) -> Iterator[StepRecord | list[int]]:
-    """Each step's record as soon as its block is finished, then the answer ids (before EOS)."""
-    import torch
-
+    """Each step's record as soon as its block is finished, then the answer ids (before EOS); ``inputs`` are
+    :func:`~dllm.inference.engine.sampler_inputs`' for one prompt."""
     blocks: queue.Queue[list[StepRecord] | None] = queue.Queue()
     result: dict[str, Any] = {}
-    device = next(loaded.model.parameters()).device
+    ids, mask, kwargs = inputs
 
     def work() -> None:
         try:
-            out = generate(loaded.model, torch.tensor([prompt], device=device), replace(config, record_history=True),
-                           on_block=lambda _index, _x, steps: blocks.put(steps))
-            result["ids"] = answer_ids(out.sequences.cpu(), len(prompt), config.eos_token_id)[0]
+            out = generate(loaded.model, ids, replace(config, record_history=True), attention_mask=mask,
+                           on_block=lambda _index, _x, steps: blocks.put(steps), model_kwargs=kwargs)
+            result["ids"] = answer_ids(out.sequences.cpu(), ids.shape[1], config.eos_token_id)[0]
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
             result["error"] = err
         finally:
@@ -104,33 +107,54 @@ class Playground:
             self.loaded.generation_config, gen_length=int(gen_length), steps=int(steps),
             block_size=int(block_size) or None, threshold=float(threshold) or None, cache=cache, progress=False))
 
-    def run(self, prompt: str, gen_length: float, steps: float, block_size: float, threshold: float,
-            cache: str) -> Iterator[tuple[str, str, Any]]:
-        """Generate the answer to ``prompt``, yielding the canvas after every step, then the answer."""
-        import gradio as gr
+    def prepare(self, prompt: str, gen_length: float, steps: float, block_size: float, threshold: float,
+                cache: str, image: Any = None) -> tuple[DiffusionGenerationConfig, tuple]:
+        """The settings and the sampler's inputs for ``prompt`` (with ``image`` before its text, if given).
 
-        try:
-            config = self.settings(gen_length, steps, block_size, threshold, cache)
-        except ValueError as err:
-            raise gr.Error(str(err)) from err
-        prompt_ids = encode_chats(self.loaded.tokenizer, [[{"role": "user", "content": prompt}]])[0]
-        size = config.gen_length
+        Raises:
+            ValueError: a setting the sampler refuses; :class:`~dllm.errors.UsageError` (a ``ValueError``): an
+                image for a checkpoint that takes none, or one that cannot be read.
+        """
+        config = self.settings(gen_length, steps, block_size, threshold, cache)
+        if image is None:
+            ids = encode_chats(self.loaded.tokenizer, [[{"role": "user", "content": prompt}]])[0]
+            return config, sampler_inputs(self.loaded.model, [ids], config.gen_length, config.pad_token_id)
+        processor = self.loaded.image_processor("an image")
+        content = [{"type": "image", "image": load_image(image, "the image")}, {"type": "text", "text": prompt}]
+        return config, sampler_inputs(self.loaded.model, [VisionPrompt([{"role": "user", "content": content}])],
+                                      config.gen_length, config.pad_token_id, processor)
+
+    def updates(self, config: DiffusionGenerationConfig, inputs: tuple) -> Iterator[tuple[str, str, Any]]:
+        """The canvas after every step, then the answer, as (canvas HTML, answer, tokens-per-step) triples."""
+        prompt_length, size = inputs[0].shape[1], config.gen_length
         committed_at: list[int | None] = [None] * size
         per_step: list[int] = []
         pieces = [MASK_GLYPH] * size
-        for item in _records(self.loaded, prompt_ids, config):
+        for item in _records(self.loaded, inputs, config):
             if isinstance(item, list):  # the answer ids: done
                 answer = self.loaded.tokenizer.decode(item, skip_special_tokens=True)
                 yield canvas_html(pieces, committed_at, len(per_step), -1), answer, _plot(per_step)
                 return
-            new = item.committed[0, len(prompt_ids):].tolist()
+            new = item.committed[0, prompt_length:].tolist()
             for position, flag in enumerate(new):
                 if flag:
                     committed_at[position] = len(per_step)
             per_step.append(sum(new))
-            pieces = token_pieces(self.loaded.tokenizer, item.tokens[0, len(prompt_ids):].tolist(),
+            pieces = token_pieces(self.loaded.tokenizer, item.tokens[0, prompt_length:].tolist(),
                                   config.mask_token_id)
             yield canvas_html(pieces, committed_at, config.steps or size, len(per_step) - 1), "", _plot(per_step)
+
+    def run(self, prompt: str, gen_length: float, steps: float, block_size: float, threshold: float,
+            cache: str, image: Any = None) -> Iterator[tuple[str, str, Any]]:
+        """The page's handler: :meth:`prepare` then :meth:`updates`; a refused setting or image is shown on the page
+        as one line (``gradio.Error``)."""
+        import gradio as gr
+
+        try:
+            config, inputs = self.prepare(prompt, gen_length, steps, block_size, threshold, cache, image)
+        except ValueError as err:  # UsageError included
+            raise gr.Error(str(err)) from err
+        yield from self.updates(config, inputs)
 
 
 def _plot(per_step: list[int]) -> Any:
@@ -152,11 +176,15 @@ def build_app(loaded: LoadedCheckpoint) -> Any:
     import gradio as gr
 
     playground, config = Playground(loaded), loaded.generation_config
+    if loaded.takes_images:
+        loaded.image_processor()  # a vision checkpoint without its processor fails here, before the page is up
     with gr.Blocks(title=f"dllm playground: {loaded.default_name}", analytics_enabled=False) as page:
         gr.Markdown(f"### dllm playground: `{loaded.default_name}`\nMasked positions are `{MASK_GLYPH}`; each "
                     "token is coloured by the step that committed it (blue early, red late), the newest outlined.")
         with gr.Row():
             prompt = gr.Textbox(label="Prompt", placeholder="sort 8213", elem_id="prompt", scale=4)
+            image = gr.Image(type="pil", label="Image (optional)", elem_id="image", scale=2, height=160) \
+                if loaded.takes_images else None
             button = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
         with gr.Row():
             gen_length = gr.Slider(1, 256, value=config.gen_length, step=1, label="answer length", elem_id="length")
@@ -172,7 +200,7 @@ def build_app(loaded: LoadedCheckpoint) -> Any:
         # y from 0 (gradio's default scale leaves out zero: the smallest count would be a bar of no height)
         plot = gr.BarPlot(_plot([]), x="step", y="tokens committed", title="tokens committed per step",
                           y_lim=[0, None], elem_id="plot")
-        inputs = [prompt, gen_length, steps, block, threshold, cache]
+        inputs = [prompt, gen_length, steps, block, threshold, cache] + ([image] if image is not None else [])
         button.click(playground.run, inputs, [canvas, answer, plot])
         prompt.submit(playground.run, inputs, [canvas, answer, plot])
     return page

@@ -5,13 +5,17 @@ Requests carry OpenAI's fields (``model``, ``messages`` / ``prompt``, ``max_toke
 ``threshold``, ``cache``, ``remasking``, ``cfg_scale``, ``top_k``; the ``extra_body`` of the ``openai``
 client). A field not listed here is refused (400), so a misspelt sampler option is not silently ignored.
 ``max_tokens`` is the diffusion canvas (``gen_length``): the answer is at most that long.
+
+A chat message's content is a string or a list of parts: ``{"type": "text", "text": ...}`` and, for a
+vision-language checkpoint, ``{"type": "image_url", "image_url": {"url": ...}}`` (the server decides which URLs it
+reads: :mod:`dllm.inference.server`).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -64,15 +68,33 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageURL(BaseModel):
+    url: str
+    detail: str | None = None  # OpenAI's resolution hint; the processor decides the resolution here
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")  # e.g. "name"
 
     role: str
-    content: str | list[TextPart]
+    content: str | list[ContentPart]
 
     def text(self) -> str:
         """The content as one string (text parts joined)."""
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return self.content if isinstance(self.content, str) else "".join(
+            p.text for p in self.content if isinstance(p, TextPart))
+
+    def has_images(self) -> bool:
+        """Whether the content holds an ``image_url`` part."""
+        return not isinstance(self.content, str) and any(isinstance(p, ImagePart) for p in self.content)
 
 
 class ChatCompletionRequest(_Request):

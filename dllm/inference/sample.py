@@ -3,17 +3,17 @@
     dllm sample outputs/demo "Reverse: hello" "Sort: 4213"            # print the completions
     dllm sample outputs/demo --prompt_file prompts.txt --output answers.jsonl --steps 8 --block_size 4
     dllm sample outputs/demo --prompt_file chats.jsonl --batch_size 64 --temperature 0.7 --top_p 0.9
-    dllm sample outputs/qwen3-vl --image table.png "What is in row 2?" --cache none   # Qwen3-VL only
+    dllm sample outputs/qwen3-vl --image table.png "What is in row 2?" --cache prefix   # Qwen3-VL only
 
 Prompts come from the arguments (each one user turn), a text file (one prompt per line, blank lines skipped)
 or a JSONL file (``{"messages": [{"role": ..., "content": ...}, ...]}`` or ``{"prompt": "..."}`` rows). The
 sampler starts from the checkpoint's saved settings (``diffusion_generation_config.json``); every
 :class:`~dllm.core.sampling.DiffusionGenerationConfig` option is a flag that overrides it. With ``--output`` each
 prompt gets a JSONL row ``{"prompt", "completion", "forward_passes", "seconds"}`` (the last two are those of the
-batch it was answered in); without, the completions are printed, one per prompt. With ``--image`` (a Qwen3-VL
-checkpoint saved with its processor) every prompt is a question about that image, placed before the first user
-turn's text; images need ``--cache none`` and no guidance (see
-:func:`dllm.pipelines.qwen3_vl.generation.prepare_generation_inputs`).
+batch it was answered in); without, the completions are printed, one per prompt. With ``--image`` (a file or a
+``data:image/...;base64,`` URL; a Qwen3-VL checkpoint saved with its processor) every prompt is a question about
+that image, placed before the first user turn's text; every sampler setting works with it (caches, guidance: see
+:mod:`dllm.pipelines.qwen3_vl.generation`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dllm.errors import UsageError
-from dllm.inference.engine import Engine, encode_chats
+from dllm.inference.engine import Engine, VisionPrompt, encode_chats
+from dllm.inference.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     SamplerOptions,
-    LoadedCheckpoint,
     load_checkpoint,
     load_image_processor,
     parse_verb_args,
@@ -50,7 +50,8 @@ class SampleArguments:
         "help": "Write JSONL rows (prompt, completion, forward_passes, seconds) here instead of printing."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per sampler call."})
     image: str | None = field(default=None, metadata={
-        "help": "An image file every prompt asks about (Qwen3-VL checkpoints saved with their processor only)."})
+        "help": "An image every prompt asks about: a file or a data:image/...;base64, URL (Qwen3-VL checkpoints "
+                "saved with their processor only)."})
 
 
 @dataclass
@@ -114,16 +115,19 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
     return prompts
 
 
-def answer(engine: Engine, prompts: list[Prompt], ids: list[list[int]], batch_size: int) -> list[dict[str, Any]]:
-    """One output row per prompt (``ids``: its tokens), in order; batches hold prompts of similar length."""
+def answer(engine: Engine, prompts: list[Prompt], ids: list[list[int]], batch_size: int,
+           inputs: list[VisionPrompt] | None = None) -> list[dict[str, Any]]:
+    """One output row per prompt (``ids``: its tokens), in order; batches hold prompts of similar length.
+    ``inputs``: what the sampler gets instead of ``ids`` (the conversations with an image)."""
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+    given = inputs if inputs is not None else ids
     rows: list[dict[str, Any]] = [{} for _ in prompts]
     show = sys.stderr.isatty() and len(prompts) > batch_size
     with tqdm(total=len(prompts), unit="prompt", disable=not show, file=sys.stderr) as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             began = time.perf_counter()
-            completions = engine.run([ids[i] for i in batch])
+            completions = engine.run([given[i] for i in batch])
             seconds = round(time.perf_counter() - began, 4)
             for i, completion in zip(batch, completions):
                 rows[i] = {"prompt": prompts[i].given, "completion": engine.decode(completion.ids),
@@ -144,31 +148,6 @@ def with_image(messages: list[dict[str, str]], image: Any) -> list[dict[str, Any
     return out
 
 
-def answer_about_image(loaded: LoadedCheckpoint, processor: Any, image: Any, prompts: list[Prompt],
-                       batch_size: int) -> list[dict[str, Any]]:
-    """Like :func:`answer`, every prompt asking about ``image``: the Qwen3-VL inputs over the whole canvas."""
-    from dllm.auto import family_for_model_type
-    from dllm.core.sampling import answer_ids, generate
-
-    prepare_generation_inputs = family_for_model_type(loaded.model.config.model_type).image_inputs
-
-    config = loaded.generation_config  # cache "none" and no guidance: checked by load_image_processor
-    rows = []
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        began = time.perf_counter()
-        ids, mask, kwargs = prepare_generation_inputs(loaded.model, processor,
-                                                      [with_image(p.messages, image) for p in batch],
-                                                      config.gen_length)
-        out = generate(loaded.model, ids, config, attention_mask=mask, model_kwargs=kwargs)
-        seconds = round(time.perf_counter() - began, 4)
-        for prompt, completion in zip(batch, answer_ids(out.sequences.cpu(), ids.shape[1], config.eos_token_id)):
-            rows.append({"prompt": prompt.given, "completion": processor.tokenizer.decode(completion,
-                                                                                          skip_special_tokens=True),
-                         "forward_passes": out.forward_passes, "seconds": seconds})
-    return rows
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run ``dllm sample`` with command-line ``argv``; returns the output rows.
 
@@ -185,26 +164,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
     processor = image = None
-    if args.image is not None:
-        processor = load_image_processor(checkpoint, load_args, **sampler_overrides(options))
-        if not Path(args.image).is_file():
-            raise UsageError(f"{args.image}: no such image file")
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            image = Image.open(args.image).convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise UsageError(f"{args.image}: cannot read the image ({' '.join(str(err).split())})") from err
+    if args.image is not None:  # checked before the weights are read
+        processor = load_image_processor(checkpoint, load_args)
+        image = load_image(args.image)
     loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
     try:
         ids = encode_chats(loaded.tokenizer, [p.messages for p in prompts])
     except ValueError as err:  # no chat template
         raise UsageError(f"{checkpoint}: {err}") from err
-    if image is not None:
-        rows = answer_about_image(loaded, processor, image, prompts, args.batch_size)
-    else:
-        rows = answer(Engine(loaded.model, loaded.tokenizer, loaded.generation_config), prompts, ids,
-                      args.batch_size)
+    inputs = None if image is None else [VisionPrompt(with_image(p.messages, image)) for p in prompts]
+    engine = Engine(loaded.model, loaded.tokenizer, loaded.generation_config, processor)
+    rows = answer(engine, prompts, ids, args.batch_size, inputs)
     if args.output is None:
         for row in rows:
             print(row["completion"], flush=True)

@@ -15,6 +15,13 @@ then the request's fields (see :mod:`dllm.inference.protocol`). Concurrent reque
 answered by one sampler call (:mod:`dllm.inference.batching`). Errors use OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``: unknown model 404, a malformed or invalid body 400.
 
+Images (a vision-language checkpoint such as Qwen3-VL): chat messages may hold OpenAI's content parts
+``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`` next to text parts. The server reads
+base64 ``data:`` URLs; a local file (a ``file://`` URL or a plain path) only inside the folder given by
+``--allowed_local_media_path`` (none by default: any local path is refused); it never fetches anything, so an
+``http(s)://`` URL is refused. Every refusal, and an image sent to a text checkpoint, is a 400 naming the part
+(``messages[0].content[1].image_url.url: ...``). Requests with images are batched with each other.
+
 Streaming (``stream: true``): a diffusion model does not produce tokens left to right; it finishes the answer a
 block (``block_size``) at a time. The stream therefore sends one chunk per finished block, as soon as the sampler
 finishes it (the sampler's ``on_block`` callback, handed from the model thread to the event loop by the
@@ -31,6 +38,7 @@ import re
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -45,15 +53,18 @@ from dllm.inference.engine import (
     Completion,
     Engine,
     TextStream,
+    VisionPrompt,
     check_generation_config,
     cut_at_stop,
     encode_chats,
     encode_texts,
 )
+from dllm.inference.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
     SamplerOptions,
+    check_takes_images,
     load_checkpoint,
     parse_verb_args,
     sampler_overrides,
@@ -61,7 +72,9 @@ from dllm.inference.loading import (
 from dllm.inference.protocol import (
     SAMPLER_FIELDS,
     ChatCompletionRequest,
+    ChatMessage,
     CompletionRequest,
+    TextPart,
     chat_response,
     error_body,
     new_id,
@@ -84,6 +97,10 @@ class ServeArguments:
     batch_window_ms: float = field(default=10.0, metadata={
         "help": "How long the first queued request waits for others to share its sampler call."})
     max_batch_size: int = field(default=64, metadata={"help": "Most prompts in one sampler call."})
+    allowed_local_media_path: str | None = field(default=None, metadata={
+        "help": "A folder whose image files chat requests may name in image_url parts (file:// URLs or paths; "
+                "relative paths are taken inside it). Default: none, images come inline as data: URLs. "
+                "http(s) URLs are never fetched."})
 
 
 class ApiError(Exception):
@@ -128,25 +145,33 @@ class Serving:
         except ValueError as err:
             raise _config_error(err) from err
 
-    def check_prompts(self, prompts: list[list[int]], config: DiffusionGenerationConfig, param: str) -> None:
-        """Refuse empty prompts, and prompt plus answer beyond the model's positions (``max_position_embeddings``)."""
-        if any(len(p) == 0 for p in prompts):
+    def check_prompts(self, prompts: list[list[int] | VisionPrompt], config: DiffusionGenerationConfig,
+                      param: str) -> int:
+        """The prompts' tokens in all; refuses empty prompts, and prompt plus answer beyond the model's positions
+        (``max_position_embeddings``)."""
+        lengths = [self.engine.prompt_length(p) for p in prompts]
+        if any(length == 0 for length in lengths):
             raise ApiError(400, f"{param} is empty", param)
         limit = getattr(self.engine.model.config, "max_position_embeddings", None)
-        longest = max(len(p) for p in prompts)
+        if limit is None:  # a vision-language config keeps it in its text config
+            limit = getattr(getattr(self.engine.model.config, "text_config", None), "max_position_embeddings", None)
+        longest = max(lengths)
         if limit is not None and longest + config.gen_length > limit:
             raise ApiError(400, f"{longest} prompt tokens plus max_tokens {config.gen_length} exceed the model's "
                                 f"{limit} positions", param, "context_length_exceeded")
+        return sum(lengths)
 
-    async def answer(self, request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]],
-                     config: DiffusionGenerationConfig, chat: bool) -> JSONResponse | StreamingResponse:
+    async def answer(self, request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int] | VisionPrompt],
+                     config: DiffusionGenerationConfig, chat: bool, prompt_tokens: int,
+                     ) -> JSONResponse | StreamingResponse:
         """Run the prompts (``n`` choices each) through the batcher and shape OpenAI's response."""
         rows = [prompt for prompt in prompts for _ in range(request.n)]
         if request.stream:
-            return StreamingResponse(self.stream(request, prompts, rows, config, chat), media_type="text/event-stream")
+            return StreamingResponse(self.stream(request, rows, config, chat, prompt_tokens),
+                                     media_type="text/event-stream")
         completions = await self.batcher.submit(rows, config)
         choices = self.choices(request, completions)
-        usage_ = usage(sum(len(p) for p in prompts), sum(len(c.ids) for c in completions))
+        usage_ = usage(prompt_tokens, sum(len(c.ids) for c in completions))
         return JSONResponse((chat_response if chat else text_response)(self.name, choices, usage_))
 
     def choices(self, request: ChatCompletionRequest | CompletionRequest,
@@ -158,8 +183,8 @@ class Serving:
             choices.append((text, "stop" if stopped or completion.finished else "length"))
         return choices
 
-    async def stream(self, request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int]],
-                     rows: list[list[int]], config: DiffusionGenerationConfig, chat: bool) -> AsyncIterator[str]:
+    async def stream(self, request: ChatCompletionRequest | CompletionRequest, rows: list[list[int] | VisionPrompt],
+                     config: DiffusionGenerationConfig, chat: bool, prompt_tokens: int) -> AsyncIterator[str]:
         """Server-sent events: (chat) a role chunk per choice, then each finished block's new text as the sampler
         finishes it, then each choice's rest and finish reason, the usage if asked, and ``[DONE]``."""
         chunk = _Chunks(chat, self.name)
@@ -181,7 +206,7 @@ class Serving:
                     yield chunk.event(index, piece, None)
                 yield chunk.event(index, None, reason)
             if request.stream_options is not None and request.stream_options.include_usage:
-                usage_ = usage(sum(len(p) for p in prompts), sum(len(c.ids) for c in completions))
+                usage_ = usage(prompt_tokens, sum(len(c.ids) for c in completions))
                 yield _event({**chunk.base, "choices": [], "usage": usage_})
         except Exception as err:  # noqa: BLE001 - not a fallback: the client gets the error as the last event
             yield _event(error_body(f"{type(err).__name__}: {err}", type="server_error"))
@@ -212,9 +237,32 @@ class _Chunks:
         return _event({**self.base, "choices": [choice]})
 
 
-def _encode_chat(serving: Serving, request: ChatCompletionRequest) -> list[list[int]]:
+def _content(serving: Serving, message: ChatMessage, index: int) -> str | list[dict[str, Any]]:
+    """A message's content for the processor: text, or parts with the images decoded (see the module docstring)."""
+    if not message.has_images():
+        return message.text()
+    parts = []
+    for number, part in enumerate(message.content):
+        where = f"messages[{index}].content[{number}]"
+        if isinstance(part, TextPart):
+            parts.append({"type": "text", "text": part.text})
+            continue
+        try:
+            check_takes_images(serving.name, serving.engine.model.config.model_type, f"{where} (an image)")
+            image = load_image(part.image_url.url, f"{where}.image_url.url",
+                               serving.args.allowed_local_media_path or False)
+        except UsageError as err:
+            raise ApiError(400, str(err), "messages") from err
+        parts.append({"type": "image", "image": image})
+    return parts
+
+
+def _encode_chat(serving: Serving, request: ChatCompletionRequest) -> list[list[int] | VisionPrompt]:
     from jinja2 import TemplateError
 
+    if any(m.has_images() for m in request.messages):
+        return [VisionPrompt([{"role": m.role, "content": _content(serving, m, i)}
+                              for i, m in enumerate(request.messages)])]
     conversation = [{"role": m.role, "content": m.text()} for m in request.messages]
     try:
         return encode_chats(serving.engine.tokenizer, [conversation])
@@ -248,7 +296,8 @@ def _error_handlers(app: FastAPI) -> None:
 def create_app(loaded: LoadedCheckpoint, args: ServeArguments | None = None) -> FastAPI:
     """The FastAPI app serving ``loaded``; ``app.state.serving`` holds the :class:`Serving` (and its engine)."""
     args = args or ServeArguments()
-    serving = Serving(Engine(loaded.model, loaded.tokenizer, loaded.generation_config),
+    processor = loaded.image_processor() if loaded.takes_images else None  # a missing one fails at start-up
+    serving = Serving(Engine(loaded.model, loaded.tokenizer, loaded.generation_config, processor),
                       args.served_model_name or loaded.default_name, args)
 
     @asynccontextmanager
@@ -280,16 +329,16 @@ def create_app(loaded: LoadedCheckpoint, args: ServeArguments | None = None) -> 
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         config = serving.config_for(request)
         prompts = _encode_chat(serving, request)
-        serving.check_prompts(prompts, config, "messages")
-        return await serving.answer(request, prompts, config, chat=True)
+        prompt_tokens = serving.check_prompts(prompts, config, "messages")
+        return await serving.answer(request, prompts, config, True, prompt_tokens)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> Any:
         config = serving.config_for(request)
         texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         prompts = encode_texts(serving.engine.tokenizer, texts)
-        serving.check_prompts(prompts, config, "prompt")
-        return await serving.answer(request, prompts, config, chat=False)
+        prompt_tokens = serving.check_prompts(prompts, config, "prompt")
+        return await serving.answer(request, prompts, config, False, prompt_tokens)
 
     return app
 
@@ -298,6 +347,9 @@ def _check_serve_arguments(args: ServeArguments) -> None:
     if args.max_tokens_limit < 1 or args.max_batch_size < 1 or args.batch_window_ms < 0:
         raise UsageError(f"--max_tokens_limit and --max_batch_size must be at least 1 and --batch_window_ms at "
                          f"least 0, got {args.max_tokens_limit}, {args.max_batch_size}, {args.batch_window_ms}")
+    folder = args.allowed_local_media_path
+    if folder is not None and not Path(folder).is_dir():
+        raise UsageError(f"--allowed_local_media_path {folder}: no such folder")
 
 
 def main(argv: list[str] | None = None) -> None:

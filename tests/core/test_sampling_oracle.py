@@ -58,7 +58,8 @@ class Oracle(torch.nn.Module):
         if self.strict:
             assert (input_ids[given] == target[given]).all(), "a committed token is not the target"
         logits = torch.nn.functional.one_hot(target, V).float() * self.strength(position_ids)[..., None]
-        self.calls.append(SimpleNamespace(fed=q, cached=cached, keep=logits_to_keep))
+        self.calls.append(SimpleNamespace(fed=q, cached=cached, keep=logits_to_keep, positions=position_ids,
+                                          kwargs=kwargs))
         if isinstance(logits_to_keep, torch.Tensor):
             logits = logits[:, logits_to_keep]
         return SimpleNamespace(logits=logits)
@@ -172,6 +173,32 @@ def test_guidance_doubles_the_forward_passes(cache):
                                        mask_token_id=MASK)
     out = generate(oracle, ids, config, attention_mask=attention)
     assert out.sequences.tolist() == want and out.forward_passes == len(oracle.calls) == 8
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_model_kwargs_per_position_are_sliced_and_prompt_level_ones_go_to_whole_canvas_forwards(cache, cfg_scale):
+    """Tensors ending in [B, T] follow the fed columns like the positions; other inputs go only to forwards that
+    feed the whole canvas; guidance's unconditional pass gets none of them."""
+    from dllm.core.sampling import position_ids
+
+    ids, attention, oracle, want = setup()
+    canvas = torch.nn.functional.pad(attention, (0, G), value=1)  # [B, T]
+    positions = position_ids(canvas)  # [B, T], the sampler's own
+    extra = {"types": positions * 10, "stacked": torch.stack([positions, -positions]),  # [B, T], [2, B, T]
+             "image": torch.ones(3, 5), "grid": [(1, 2, 2)]}
+    config = DiffusionGenerationConfig(gen_length=G, block_size=4, cache=cache, cfg_scale=cfg_scale, mask_token_id=MASK)
+    assert generate(oracle, ids, config, attention_mask=attention, model_kwargs=extra).sequences.tolist() == want
+    T, whole = canvas.shape[1], 0
+    for i, call in enumerate(oracle.calls):
+        if cfg_scale and i % 2:  # GuidedForward runs the conditional pass, then the unconditional one
+            assert call.kwargs == {}, i
+            continue
+        assert torch.equal(call.kwargs["types"], call.positions * 10), i
+        assert torch.equal(call.kwargs["stacked"], torch.stack([call.positions, -call.positions])), i
+        assert ("image" in call.kwargs) == ("grid" in call.kwargs) == (call.fed == T), i
+        whole += call.fed == T
+    assert whole == (len(oracle.calls) // (2 if cfg_scale else 1) if cache == "none" else 3)  # 3 block starts
 
 
 class PromptReader(torch.nn.Module):

@@ -1,5 +1,6 @@
-"""The batcher with a stand-in engine: equal settings share a call, different ones never do, every request gets
-its own rows, the batch size is capped, and a failing call fails only its own requests."""
+"""The batcher with a stand-in engine: equal settings share a call, different ones never do, nor do prompts with and
+without images, every request gets its own rows, the batch size is capped, and a failing call fails only its own
+requests."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.inference.batching import Batcher
-from dllm.inference.engine import Completion
+from dllm.inference.engine import Completion, VisionPrompt
 
 BASE = DiffusionGenerationConfig(gen_length=4, mask_token_id=9)
 
@@ -25,7 +26,8 @@ class RecordingEngine:
         self.calls.append((prompts, config, history))
         if config.cfg_scale == 7.0:
             raise RuntimeError("sampler failed")
-        return [Completion(prompt[::-1] + [config.gen_length], True, len(prompts)) for prompt in prompts]
+        ids = [p.messages[0]["content"] if isinstance(p, VisionPrompt) else p for p in prompts]
+        return [Completion(prompt[::-1] + [config.gen_length], True, len(prompts)) for prompt in ids]
 
 
 def run(coroutine_factory, engine, **batcher_args):
@@ -53,6 +55,20 @@ def test_equal_settings_share_a_call_and_each_request_gets_its_rows():
     assert [[c.ids for c in r] for r in results] == [[[2, 1, 4], [3, 4]], [[6, 5, 4, 6]], [[7, 4]], [[9, 8, 6]]]
     calls = sorted((len(prompts), config.gen_length, history) for prompts, config, history in engine.calls)
     assert calls == [(2, 6, False), (3, 4, True)]  # one call per setting; history if any job wants it
+
+
+def test_prompts_with_images_never_share_a_call_with_token_ids():
+    engine = RecordingEngine()
+    vision = VisionPrompt([{"role": "user", "content": [5, 6]}])  # the stand-in engine reads these as ids
+
+    async def requests(batcher):
+        return await asyncio.gather(batcher.submit([[1, 2]], BASE), batcher.submit([vision, vision], BASE),
+                                    batcher.submit([[3]], BASE))
+
+    results = run(requests, engine, window_s=0.05)
+    assert [[c.ids for c in r] for r in results] == [[[2, 1, 4]], [[6, 5, 4], [6, 5, 4]], [[3, 4]]]
+    kinds = sorted([isinstance(p, VisionPrompt) for p in prompts] for prompts, _, _ in engine.calls)
+    assert kinds == [[False, False], [True, True]]
 
 
 def test_batches_are_capped_and_a_failure_stays_in_its_batch():

@@ -119,3 +119,59 @@ def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_ch
         (tmp_path / "chat-screen.txt").write_text(screen, encoding="utf-8")
     finally:
         terminal.close()
+
+
+def image_conversation_answer(loaded, messages: list[dict], config: DiffusionGenerationConfig) -> str:
+    """What the sampler answers to a conversation with images, through the Qwen3-VL pipeline's own inputs."""
+    from dllm.pipelines.qwen3_vl.generation import prepare_generation_inputs
+
+    ids, mask, kwargs = prepare_generation_inputs(loaded.model, loaded.image_processor(), [messages],
+                                                  config.gen_length)
+    out = generate(loaded.model, ids, config, attention_mask=mask, model_kwargs=kwargs)
+    return loaded.tokenizer.decode(answer_ids(out.sequences, ids.shape[1], config.eos_token_id)[0],
+                                   skip_special_tokens=True)
+
+
+def test_piped_chat_attaches_an_image_to_the_next_turn(tiny_vl_checkpoint, tmp_path):
+    """``/image PATH`` puts the image before the next user turn's text; later turns keep it in the conversation
+    (and the prefix cache takes it); ``/reset`` drops it. Answers are the pipeline's own for each conversation."""
+    from tests.helpers import noise_image
+
+    path = tmp_path / "grid.png"
+    noise_image(7).save(path)
+    loaded = load_checkpoint(str(tiny_vl_checkpoint), CheckpointArguments(device="cpu"))
+    config = replace(loaded.generation_config, cache="prefix")
+    image_turn = {"role": "user", "content": [{"type": "image", "image": noise_image(7)},
+                                              {"type": "text", "text": "What is it?"}]}
+    first = image_conversation_answer(loaded, [image_turn], config)
+    second = image_conversation_answer(loaded, [image_turn, {"role": "assistant", "content": first},
+                                                {"role": "user", "content": "And now?"}], config)
+    plain = conversation_answer(loaded, [{"role": "user", "content": "What is it?"}], config)
+    assert first != plain  # premise: the image changes the answer
+    result = subprocess.run([sys.executable, "-m", "dllm.cli", "chat", str(tiny_vl_checkpoint), "--device", "cpu",
+                             "--cache", "prefix"], input=f"/image {path}\nWhat is it?\nAnd now?\n/reset\nWhat is it?\n",
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [a.replace("\n", "\\n") for a in (first, second, plain)]
+
+
+def test_image_refusals_are_one_line_and_the_chat_goes_on(tiny_checkpoint, tiny_vl_checkpoint, loaded, tmp_path,
+                                                         capsys):
+    from dllm.inference.chat import HELP, Chat
+
+    assert "/image PATH" in HELP
+    text_chat = Chat(loaded)
+    assert text_chat.handle(f"/image {tmp_path / 'x.png'}") is None and text_chat.image is None
+    vl_chat = Chat(load_checkpoint(str(tiny_vl_checkpoint), CheckpointArguments(device="cpu")))
+    for command in (f"/image {tmp_path / 'missing.png'}", "/image", "/image https://example.com/a.png"):
+        assert vl_chat.handle(command) is None and vl_chat.image is None
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("dllm chat")] == [
+        f"dllm chat: {tiny_checkpoint}: /image needs a vision-language checkpoint (model_type 'qwen3_vl'); this one "
+        "is model_type 'llama' and takes text only",
+        f"dllm chat: {tmp_path / 'missing.png'}: no such image file",
+        "dllm chat: usage: /image PATH (an image file or a data:image/...;base64, URL)",
+        "dllm chat: https://example.com/a.png: https URLs are not fetched; send the image inline as a data URL "
+        "(data:image/png;base64,...)",
+    ]
+    assert text_chat.handle("hello") == conversation_answer(loaded, [{"role": "user", "content": "hello"}],
+                                                            loaded.generation_config)

@@ -53,6 +53,8 @@ def test_dllm_serve_answers_and_refuses_mistakes(tiny_checkpoint, tmp_path):
         f"{tmp_path / 'missing'}: no such checkpoint folder": [str(tmp_path / "missing")],
         f"{tiny_checkpoint}: the default answer length gen_length=8 is above --max_tokens_limit 4":
             [str(tiny_checkpoint), "--max_tokens_limit", "4"],
+        f"--allowed_local_media_path {tmp_path / 'nowhere'}: no such folder":
+            [str(tiny_checkpoint), "--allowed_local_media_path", str(tmp_path / "nowhere")],
     }
     refused = {message: subprocess.Popen([*command, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE) for message, args in mistakes.items()}

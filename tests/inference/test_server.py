@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -22,6 +20,7 @@ httpx = pytest.importorskip("httpx")
 from dllm.core.sampling import answer_ids, encode_prompt, generate  # noqa: E402
 from dllm.inference.loading import CheckpointArguments, load_checkpoint  # noqa: E402
 from dllm.inference.server import ServeArguments, create_app  # noqa: E402
+from tests.helpers import served  # noqa: E402
 
 MODEL = "tiny-dllm"  # the checkpoint folder's name
 
@@ -30,17 +29,8 @@ MODEL = "tiny-dllm"  # the checkpoint folder's name
 def server(tiny_checkpoint):
     loaded = load_checkpoint(str(tiny_checkpoint), CheckpointArguments(device="cpu"))
     app = create_app(loaded, ServeArguments(max_tokens_limit=16, batch_window_ms=50))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", loaded=loaded, serving=app.state.serving)
-    server.should_exit = True
-    thread.join(timeout=30)
+    with served(app) as url:
+        yield SimpleNamespace(url=url, loaded=loaded, serving=app.state.serving)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ Qwen3-VL's image processor needs torchvision: every test module that builds it c
 from __future__ import annotations
 
 import pytest
-import torch
 
+from tests.helpers import noise_image  # noqa: F401 - the pipeline tests import it from here
 
 
 @pytest.fixture
@@ -26,14 +26,6 @@ def tiny_vl(processor):
     model, processor = build_tiny_qwen3_vl(processor)
     add_mask_token(model, processor.tokenizer)
     return model, processor
-
-
-def noise_image(seed: int = 0, size: tuple[int, int] = (64, 64)):
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), "RGB")
 
 
 @pytest.fixture

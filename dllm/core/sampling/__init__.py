@@ -4,8 +4,9 @@
   top-p, threshold, classifier-free guidance, cache).
 - :mod:`~dllm.core.sampling.schedule`: how many positions a step commits, steps per block.
 - :mod:`~dllm.core.sampling.decisions`: guide, filter, sample, score, select.
-- :mod:`~dllm.core.sampling.forward`: the model call (head only on the committable columns) and the
-  prefix / dual key-value caches, with when they are exact.
+- :mod:`~dllm.core.sampling.forward`: the model call (head only on the committable columns), the
+  prefix / dual key-value caches, with when they are exact, and which extra model inputs (``model_kwargs``, e.g.
+  an image's) each forward gets.
 - :mod:`~dllm.core.sampling.loop`: :func:`denoise_step`, :func:`generate`, :func:`infill`.
 - :mod:`~dllm.core.sampling.text`: chat-templated prompts in, answers out.
 """

@@ -27,12 +27,28 @@ prefix, suffix, block (the block-start forward is run in that order, with the tr
 attention without a causal mask does not depend on key order (RoPE is applied from ``position_ids`` before
 caching), so this changes nothing there; sliding-window masks are built from cache indices, so ``dual`` is
 refused when a sliding window is shorter than the canvas (``prefix`` keeps the canvas order and is fine).
+
+Extra model inputs (``model_kwargs``, e.g. a vision model's) follow one convention, so every cache mode can feed
+them (:func:`split_model_kwargs`):
+
+- *per position*: a tensor whose last two dimensions are the canvas [B, T] (multimodal rotary ``position_ids``
+  [3, B, T], token types [B, T]). Every forward gets it gathered along the last dimension at the columns it feeds,
+  in the order it feeds them, like the positions.
+- *prompt-level*: anything else (``pixel_values`` [patches, D], ``image_grid_thw`` [images, 3]). It has no column
+  to slice, so only a forward that feeds every canvas column gets it: every step with ``none``, the block-start
+  forward with ``prefix`` and ``dual``. The prompt's cached keys/values then carry its effect (an image's
+  features, added at its placeholder tokens) into the later steps, which feed no prompt column. Such an input must
+  therefore concern prompt columns only (before the first block); a prompt-level tensor that happens to end in
+  [B, T] would be sliced, so a model with one cannot use this convention.
+
+The guidance (``cfg_scale``) pass masks the prompt; it gets the positions alone (:class:`GuidedForward`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -64,12 +80,12 @@ def cache_argument(model_class: type) -> str:
 
 def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                  keep: torch.Tensor, cache: DynamicCache | None = None,
-                 model_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                 model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
     """Float32 logits [B, K, V] of the input columns ``keep`` [K] of ``input_ids`` [B, Q].
 
     ``attention_mask`` covers the cached positions followed by the input ones [B, N + Q]; ``positions`` are
     [B, Q] or, for multimodal rotary embeddings, [3, B, Q]. ``model_kwargs`` (``pixel_values``, ...) are passed
-    to the model unchanged.
+    to the model unchanged (:class:`BlockForward` picks them per forward).
     The output head runs only on ``keep`` through transformers' own ``logits_to_keep`` (a 1-D index tensor, the
     same for every row), rather than a per-row ``[B, L]`` selection: left padding puts every row's block in the
     same columns, every ``*ForCausalLM`` already takes it (so plain causal classes loaded with ``is_causal=False``
@@ -98,24 +114,35 @@ def check_sliding_window(model, length: int) -> None:
                          "Use cache='prefix' or 'none'.")
 
 
+def split_model_kwargs(model_kwargs: dict[str, Any] | None,
+                       canvas: torch.Size | tuple[int, int]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(per_position, prompt_level)``: the entries of ``model_kwargs`` that are tensors ending in the ``canvas``
+    shape [B, T] (sliced per forward), and the others (only for forwards that feed every column); see the module
+    docstring."""
+    per_position, prompt_level = {}, {}
+    for name, value in (model_kwargs or {}).items():
+        ends_in_canvas = isinstance(value, torch.Tensor) and tuple(value.shape[-2:]) == tuple(canvas)
+        (per_position if ends_in_canvas else prompt_level)[name] = value
+    return per_position, prompt_level
+
+
 class BlockForward:
     """Logits of columns of the current block ``[start, end)`` under one cache setting; one instance per block.
 
     ``order`` lists the canvas columns in cache order: those kept in the cache, then those fed every step.
-    ``positions`` [..., B, T] are sliced along the last dimension; ``model_kwargs`` go to every call unchanged,
-    so they need ``cache="none"`` (every call sees the whole canvas; :func:`~dllm.core.sampling.loop.denoise`
-    checks this).
+    ``positions`` [..., B, T] and the per-position ``model_kwargs`` are sliced along the last dimension to the fed
+    columns; prompt-level ``model_kwargs`` go only to the calls that feed every column (see the module docstring).
     """
 
     def __init__(self, model, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 start: int, end: int, model_kwargs: dict[str, torch.Tensor] | None = None):
+                 start: int, end: int, model_kwargs: dict[str, Any] | None = None):
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
         self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end]}[cache]
         cached = torch.cat([columns[:start], columns[end:]]) if cache == "dual" else columns[:start]
         self.order = self.fed if cache == "none" else torch.cat([cached, self.fed])  # [T]
         self.model, self.attention_mask, self.positions = model, attention_mask, positions
         self.use_cache, self.cache, self.calls = cache != "none", None, 0
-        self.model_kwargs = model_kwargs
+        self.per_position, self.prompt_level = split_model_kwargs(model_kwargs, attention_mask.shape)
 
     def __call__(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, V] of canvas columns ``cols`` [C] (inside the block) for the canvas ``x`` [B, T]."""
@@ -125,8 +152,11 @@ class BlockForward:
         columns = self.order if first else self.fed  # [Q]
         where = torch.full_like(self.order, -1)
         where[columns] = torch.arange(len(columns), device=columns.device)  # canvas column -> input index
+        kwargs = {name: value[..., columns] for name, value in self.per_position.items()}  # [..., B, Q]
+        if len(columns) == len(self.order):  # every canvas column is fed: the prompt's own inputs too
+            kwargs.update(self.prompt_level)
         logits = model_logits(self.model, x[:, columns], self.attention_mask[:, self.order],
-                              self.positions[..., columns], where[cols], self.cache, self.model_kwargs)
+                              self.positions[..., columns], where[cols], self.cache, kwargs)
         if self.cache is not None:
             self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
         self.calls += 1
@@ -135,11 +165,16 @@ class BlockForward:
 
 class GuidedForward:
     """The block's logits with classifier-free guidance: a second, unconditional :class:`BlockForward` (own cache)
-    sees the canvas with the ``conditioning`` positions [B, T] (the prompt) replaced by mask tokens."""
+    sees the canvas with the ``conditioning`` positions [B, T] (the prompt) replaced by mask tokens.
+
+    The unconditional pass keeps the positions (the answer sits where it does in the conditional pass, as in
+    LLaDA's text guidance) and gets no ``model_kwargs``: they describe the prompt's content, which is masked. For a
+    vision model that is the standard unconditional input: text and image placeholders masked, no image.
+    """
 
     def __init__(self, model, config: DiffusionGenerationConfig, attention_mask: torch.Tensor,
                  positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor,
-                 model_kwargs: dict[str, torch.Tensor] | None = None):
+                 model_kwargs: dict[str, Any] | None = None):
         if config.cache == "dual":
             check_sliding_window(model, attention_mask.shape[1])
         self.cond = BlockForward(model, config.cache, attention_mask, positions, *block, model_kwargs)

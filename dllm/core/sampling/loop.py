@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ def finish_at_eos(x: torch.Tensor, start: int, end: int,
 def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: DiffusionGenerationConfig,
             start: int, conditioning: torch.Tensor, stop_at_eos: bool = False,
             generator: torch.Generator | None = None, on_block: BlockCallback | None = None,
-            model_kwargs: dict[str, torch.Tensor] | None = None) -> GenerationOutput:
+            model_kwargs: dict[str, Any] | None = None) -> GenerationOutput:
     """Fill the masked positions of columns ``[start, T)`` of ``x`` [B, T], block by block.
 
     ``conditioning`` [B, T] marks what the unconditional (guidance) pass masks out. With ``stop_at_eos`` the loop
@@ -114,13 +115,6 @@ def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: Diffus
     elif positions.shape[-2:] != x.shape:
         raise ValueError(f"model_kwargs['position_ids'] must end in the canvas shape [B, T] = {list(x.shape)}, "
                          f"got {list(positions.shape)}")
-    if extra and config.cache != "none":
-        raise ValueError(f"model_kwargs {sorted(extra)} need cache='none', got cache={config.cache!r}: a cached "
-                         "step feeds only part of the canvas and these inputs are passed whole")
-    if extra and config.cfg_scale > 0:
-        raise ValueError(f"model_kwargs {sorted(extra)} cannot be used with classifier-free guidance "
-                         f"(cfg_scale={config.cfg_scale}): the unconditional pass masks the prompt, which would "
-                         "remove the tokens these inputs belong to (e.g. image placeholders); use cfg_scale=0")
     blocks = block_bounds(start, x.shape[1], config.block_size)
     budgets = steps_per_block(config.steps, [b - a for a, b in blocks])
     history, passes = [], 0
@@ -157,19 +151,20 @@ def _mask_token_id(config: DiffusionGenerationConfig) -> int:
 def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
              attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
              on_block: BlockCallback | None = None,
-             model_kwargs: dict[str, torch.Tensor] | None = None) -> GenerationOutput:
+             model_kwargs: dict[str, Any] | None = None) -> GenerationOutput:
     """Fill ``config.gen_length`` masked positions after the left-padded ``prompt_ids`` [B, P].
 
     ``attention_mask`` [B, P] marks real prompt tokens (1) and left padding (0). ``sequences`` is [B, P + G] with
     no mask token left in the answer (a finished row's tail is EOS). ``on_block``: see :data:`BlockCallback`.
 
-    ``model_kwargs``: extra model inputs for the whole canvas [B, P + G] (a vision model's ``pixel_values``,
-    ``image_grid_thw``, ``mm_token_type_ids``...), passed to every forward. ``position_ids`` among them
+    ``model_kwargs``: extra model inputs over the canvas [B, P + G] (a vision model's ``pixel_values``,
+    ``image_grid_thw``, ``mm_token_type_ids``...), for every cache mode and guidance. ``position_ids`` among them
     (``[..., B, P + G]``, e.g. multimodal rotary positions [3, B, P + G]) replaces the positions derived from
-    ``attention_mask``; mask tokens are text, so positions never change while denoising. Any other entry needs
-    ``cache="none"`` and ``cfg_scale=0`` (a ``ValueError`` otherwise): cached steps feed only part of the canvas,
-    and the guidance pass masks the prompt, image placeholders included. Model-specific preparation (rotary
-    positions, token types over the answer) lives in the pipelines, e.g.
+    ``attention_mask``; mask tokens are text, so positions never change while denoising. Other tensors ending in
+    [B, P + G] are per position, sliced to the columns each forward feeds; the rest (``pixel_values``) concern the
+    prompt and go only to forwards that feed the whole canvas, the caches keep their effect; the guidance pass
+    masks the prompt and gets the positions alone (see :mod:`dllm.core.sampling.forward`). Model-specific
+    preparation (rotary positions, token types over the answer) lives in the pipelines, e.g.
     :func:`dllm.pipelines.qwen3_vl.generation.prepare_generation_inputs`.
     """
     mask_id = _mask_token_id(config)

@@ -1,16 +1,20 @@
 """Answering questions about images by iterative denoising with a Qwen3-VL masked diffusion model.
 
-The core sampler (:func:`dllm.core.sampling.generate`) takes the extra model inputs as ``model_kwargs`` and passes
-them to every forward; what is Qwen3-VL specific is prepared here, once, for the whole canvas (prompt and
-``gen_length`` masked answer positions):
+The core sampler (:func:`dllm.core.sampling.generate`) takes the extra model inputs as ``model_kwargs``; what is
+Qwen3-VL specific is prepared here, once, for the whole canvas (prompt and ``gen_length`` masked answer positions):
 
-- ``pixel_values`` and ``image_grid_thw`` from the processor's image processor;
+- ``pixel_values`` and ``image_grid_thw`` from the processor's image processor (prompt-level inputs);
 - ``mm_token_type_ids`` [B, P + G]: 1 on image placeholders, 0 elsewhere (the answer is text);
 - ``position_ids`` [3, B, P + G]: the multimodal rotary positions of ``model.model.get_rope_index``. Mask tokens
   are text tokens, so these positions hold for every denoising step, whatever tokens get committed.
 
-Prompts are left-padded, as everywhere in the sampler. Images need ``cache="none"`` and ``cfg_scale=0``
-(the sampler raises a ``ValueError`` otherwise).
+Prompts are left-padded, as everywhere in the sampler. Every sampler setting works with images
+(:mod:`dllm.core.sampling.forward` has the convention): with ``cache="prefix"`` or ``"dual"`` the block-start
+forward runs the whole canvas with the image (vision tower, DeepStack features at the placeholders) and caches the
+prompt's keys/values; later steps feed only the block (and suffix) with the matching slices of ``position_ids``
+and ``mm_token_type_ids`` and no ``pixel_values``. With ``cfg_scale > 0`` the unconditional pass masks the whole
+prompt, text and image placeholders alike, and gets no image and no token types, only the same positions: the
+standard unconditional input of a vision-language model (the image dropped), at the answer's own positions.
 
 Example::
 
@@ -48,8 +52,8 @@ def prepare_generation_inputs(model, processor, conversations: list[Conversation
     PIL image}``, ``{"type": "text", "text": ...}``), answered after the generation prompt. Prompts are
     left-padded with the tokenizer's pad token; ``model_kwargs`` hold ``position_ids`` [3, B, P + gen_length]
     and, when any conversation has images, ``mm_token_type_ids`` [B, P + gen_length], ``pixel_values`` (in the
-    vision tower's dtype) and ``image_grid_thw``, all on the model's device. Images need ``cache="none"`` and
-    ``cfg_scale=0`` in the sampler; text-only batches (positions alone) work with every setting.
+    vision tower's dtype) and ``image_grid_thw``, all on the model's device. Rows with and without images mix in
+    one batch; every sampler setting (caches, guidance) takes these inputs.
     """
     tokenizer = processor.tokenizer
     rows, pixels, grids = [], [], []
@@ -70,7 +74,7 @@ def prepare_generation_inputs(model, processor, conversations: list[Conversation
     canvas_mask = torch.nn.functional.pad(attention_mask, (0, gen_length), value=1)  # [B, P + G]
     canvas = torch.nn.functional.pad(prompt_ids, (0, gen_length))  # only its shape matters to get_rope_index
     kwargs: dict[str, torch.Tensor] = {}
-    if pixels:  # text-only batches need only the positions, and so can use the sampler's caches
+    if pixels:  # text-only batches need only the positions
         kwargs["mm_token_type_ids"] = types
         kwargs["pixel_values"] = torch.cat(pixels).to(device=device, dtype=model.model.visual.dtype)
         kwargs["image_grid_thw"] = torch.cat(grids).to(device)
