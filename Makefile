@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dllm-installed
 
-.PHONY: demo test test-fast test-deepspeed test-eval test-browser install clean
+.PHONY: demo demo-vl test test-fast test-deepspeed test-eval test-browser install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/dllm demo
+
+demo-vl: $(STAMP)
+	$(VENV)/bin/dllm demo-vl
 
 test: $(STAMP)
 	$(PY) -m pytest -q

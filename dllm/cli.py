@@ -1,5 +1,6 @@
-"""The ``dllm`` command line: ``dllm sft [family] [flags]``, ``dllm demo [flags]``, ``dllm sample CKPT ...``,
-``dllm serve CKPT ...``, ``dllm chat CKPT``, ``dllm playground CKPT``, ``dllm merge-lora BASE ADAPTER OUT``.
+"""The ``dllm`` command line: ``dllm sft [family] [flags]``, ``dllm demo [flags]``, ``dllm demo-vl [flags]``,
+``dllm sample CKPT ...``, ``dllm serve CKPT ...``, ``dllm chat CKPT``, ``dllm playground CKPT``,
+``dllm merge-lora BASE ADAPTER OUT``.
 
 Each verb hands its flags to the same ``main()`` the scripts use, so ``dllm sft llama3 --help`` and
 ``python examples/llama3/sft.py --help`` print the same options. A :class:`~dllm.errors.UsageError` (a mistake
@@ -19,6 +20,8 @@ commands:
                          checkpoint's model_type); a family ({families}) supplies a default checkpoint
                          (same flags as examples/<family>/sft.py)
   demo [flags]           offline demo: train a tiny model on synthetic tasks, then answer held-out prompts
+  demo-vl [flags]        offline visual demo: train a tiny Qwen3-VL on rendered colour grids, then answer
+                         questions about held-out grids
   sample CKPT [prompts] [flags]
                          answer prompts (arguments, --prompt_file F.txt|F.jsonl) with a checkpoint, in batches;
                          prints them or writes --output out.jsonl; every sampler option is a flag;
@@ -53,6 +56,12 @@ def _demo(rest: list[str]) -> None:
     from dllm.demo.run import main as demo_main
 
     demo_main(rest)
+
+
+def _demo_vl(rest: list[str]) -> None:
+    from dllm.demo.vl import main as demo_vl_main
+
+    demo_vl_main(rest)
 
 
 def _sample(rest: list[str]) -> None:
@@ -104,8 +113,8 @@ def _merge_lora(rest: list[str]) -> None:
     merge_main(rest)
 
 
-COMMANDS = {"sft": _sft, "demo": _demo, "sample": _sample, "eval": _eval, "serve": _serve, "chat": _chat,
-            "playground": _playground, "merge-lora": _merge_lora}
+COMMANDS = {"sft": _sft, "demo": _demo, "demo-vl": _demo_vl, "sample": _sample, "eval": _eval, "serve": _serve,
+            "chat": _chat, "playground": _playground, "merge-lora": _merge_lora}
 
 
 def main(argv: list[str] | None = None) -> int:

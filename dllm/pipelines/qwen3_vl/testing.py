@@ -15,30 +15,15 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3VLConfig
 
+from dllm.data.chat_templates import QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+
 if TYPE_CHECKING:
     from transformers import Qwen3VLProcessor
 
     from dllm.pipelines.qwen3_vl.models import Qwen3VLForMaskedLM
 
-# Qwen special tokens, in id order after the two plain specials.
-QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                       "<|image_pad|>", "<|video_pad|>"]
 HANGUL = "".join(chr(c) for c in range(0xAC00, 0xD7A4))
 TINY_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n" + HANGUL
-
-# Qwen3-VL's template, reduced to what SFT needs: string or [{"type": "image"|"text"}] content.
-QWEN3_VL_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{{ '<|im_end|>\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
-)
 
 
 def build_tiny_qwen3_vl_tokenizer() -> PreTrainedTokenizerFast:
