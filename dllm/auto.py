@@ -3,8 +3,9 @@
 ``AutoModelForMaskedDiffusion.from_pretrained(path_or_hub_id)`` reads the checkpoint's ``config.json`` and
 picks the class by ``model_type``:
 
-- a family of :data:`FAMILIES` (LLaMA 3, Gemma 2) gets its own wrapper, with that family's defaults (Gemma 2:
-  eager attention, for its logit softcapping);
+- a family of :data:`FAMILIES` (LLaMA 3, Gemma 2, Qwen3-VL) gets its own wrapper, with that family's defaults
+  (Gemma 2: eager attention, for its logit softcapping; Qwen3-VL: :class:`~dllm.pipelines.qwen3_vl.Qwen3VLForMaskedLM`,
+  the vision tower frozen, its own recipe);
 - any other causal LM that transformers knows (Qwen3, Mistral, Phi-3, ...) gets the generic bidirectional
   subclass of its ``*ForCausalLM`` class (:func:`dllm.core.models.masked_lm_class`).
 

@@ -23,6 +23,16 @@ def tiny_llama_config(vocab_size: int = 128, **overrides):
     return LlamaConfig(**values)
 
 
+def tiny_qwen3_config(vocab_size: int = 128, **overrides):
+    from transformers import Qwen3Config
+
+    values = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    values.update(overrides)
+    return Qwen3Config(**values)
+
+
 def tiny_gemma2_config(vocab_size: int = 128, **overrides):
     from transformers import Gemma2Config
 
@@ -77,6 +87,27 @@ def noise_image(seed: int = 0, size: tuple[int, int] = (64, 64)):
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8)
     return Image.fromarray(pixels.numpy(), "RGB")
+
+
+def vl_rows(n: int = 8) -> list[dict]:
+    """``n`` Korean visual-QA rows of the collator's ``{messages, images}`` format, one noise image each."""
+    return [{"messages": [{"role": "user", "content": f"<image>사진 {i}번은 무엇입니까?"},
+                          {"role": "assistant", "content": f"잡음 이미지 {i}입니다."}],
+             "images": [noise_image(i)]} for i in range(n)]
+
+
+def write_vl_rows(folder: Path, n: int = 4) -> Path:
+    """``vl_rows(n)`` as a data file of the generic ``{messages, images}`` format (``dllm sft``'s), the images
+    saved as PNGs beside it; returns the file."""
+    from datasets import Dataset
+
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i, row in enumerate(vl_rows(n)):
+        row["images"][0].save(folder / "img" / f"{i}.png")
+        rows.append({"messages": row["messages"], "images": [f"img/{i}.png"]})
+    Dataset.from_list(rows).to_json(str(folder / "chat.json"))
+    return folder / "chat.json"
 
 
 def save_tiny_vl(path: Path, **settings) -> Path:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Gemma2ForCausalLM, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import Gemma2ForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, family_for_model_type
 from dllm.core.models import BidirectionalMaskedLMMixin, is_bidirectional
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
-from tests.helpers import tiny_gemma2_config, tiny_llama_config
-
-
-def tiny_qwen3_config(vocab_size: int = 64) -> Qwen3Config:
-    return Qwen3Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+from tests.helpers import tiny_gemma2_config, tiny_llama_config, tiny_qwen3_config
 
 
 def saved(tmp_path, causal_cls, config):

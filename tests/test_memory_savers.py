@@ -15,24 +15,16 @@ import warnings
 import pytest
 import torch
 from datasets import Dataset
-from transformers import Qwen3Config, TrainerCallback, default_data_collator
+from transformers import TrainerCallback, default_data_collator
 
 import dllm.core.trainers.mdlm_trainer as mdlm_trainer
 from dllm.auto import AutoModelForMaskedDiffusion
 from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
 from dllm.sft.config import ModelArguments
 from dllm.sft.recipe import apply_lora
-from tests.helpers import tiny_gemma2_config, tiny_llama_config
+from tests.helpers import tiny_gemma2_config, tiny_llama_config, tiny_qwen3_config
 
 MASK_ID, VOCAB = 4, 64
-
-
-def tiny_qwen3_config(vocab_size: int, **overrides):
-    values = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    values.update(overrides)
-    return Qwen3Config(**values)
 
 
 FAMILIES = {"llama3": tiny_llama_config, "gemma2": tiny_gemma2_config, "qwen3": tiny_qwen3_config}

@@ -115,7 +115,8 @@ def draw_noise(answer: torch.Tensor, num_samples: int, mask_token_id: int, *, es
     return noisy, masked, length / count.float()
 
 
-def masked_cross_entropy(model, rows: list[torch.Tensor], labels: list[torch.Tensor], mask_token_id: int, *,
+def masked_cross_entropy(model: torch.nn.Module, rows: list[torch.Tensor], labels: list[torch.Tensor],
+                         mask_token_id: int, *,
                          pad_token_id: int = 0, padding_side: PaddingSide = "left") -> torch.Tensor:
     """Summed cross-entropy of each row's labelled positions [R], rows padded into one batch.
 
@@ -169,7 +170,8 @@ def _noisy_rows(prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int
 
 
 @torch.no_grad()
-def elbo_nll(model, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]], mask_token_id: int, *,
+def elbo_nll(model: torch.nn.Module, prompts: Sequence[Sequence[int]], answers: Sequence[Sequence[int]],
+             mask_token_id: int, *,
              num_samples: int = 32, estimator: Estimator = "time", schedule: MaskingSchedule | None = None,
              eps: float = 1e-3, antithetic: bool = True, seed: int = 0, batch_size: int = 64,
              pad_token_id: int = 0, padding_side: PaddingSide = "left") -> LikelihoodEstimate:

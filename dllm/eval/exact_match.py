@@ -32,7 +32,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -48,6 +48,9 @@ from dllm.inference.loading import (
     parse_verb_args,
     sampler_overrides,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DEMO = "demo"
 
@@ -134,7 +137,7 @@ def dataset_examples(spec: str, split: str | None, seed: int,
     return examples, split
 
 
-def encode_example(tokenizer, example: EvalExample) -> tuple[list[int], list[int]]:
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: EvalExample) -> tuple[list[int], list[int]]:
     """Prompt ids (with the assistant header) and reference ids (with its end-of-turn tokens), as training
     tokenizes a conversation: the chat template's text cut at the answer span, each piece tokenized alone."""
     text, spans = assistant_spans(tokenizer, example.messages)
@@ -201,8 +204,8 @@ def score_task(engine: Engine, examples: list[EvalExample], args: EvalArguments)
     return score, records
 
 
-def evaluate_examples(model, tokenizer, config: DiffusionGenerationConfig, examples: list[EvalExample],
-                      args: EvalArguments) -> dict[str, Any]:
+def evaluate_examples(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, config: DiffusionGenerationConfig,
+                      examples: list[EvalExample], args: EvalArguments) -> dict[str, Any]:
     """Exact match (and optionally the ELBO) per task and overall. ``config`` has its token ids filled in.
 
     Returns ``{"sampler", "likelihood", "tasks": {name: row}, "overall": row, "examples": [...]}``, rows as

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dllm.core.sampling import DiffusionGenerationConfig, GenerationOutput, StepRecord, answer_ids, generate
 from dllm.errors import UsageError
@@ -41,6 +41,9 @@ from dllm.inference.loading import (
     parse_verb_args,
     sampler_overrides,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MASK_GLYPH = "░"
 SPECIAL_GLYPH = "·"
@@ -87,7 +90,7 @@ def _literal(raw: str) -> Any:
     return value if isinstance(value, (int, float)) else raw
 
 
-def token_pieces(tokenizer, ids: list[int], mask_token_id: int) -> list[str]:
+def token_pieces(tokenizer: PreTrainedTokenizerBase, ids: list[int], mask_token_id: int) -> list[str]:
     """The text of each answer position: ``░`` for a mask, ``·`` for another special token (EOS, padding)."""
     special = set(tokenizer.all_special_ids)
     return [MASK_GLYPH if i == mask_token_id else SPECIAL_GLYPH if i in special else tokenizer.decode([i])

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, block_bounds, generate, left_pad
 from dllm.core.sampling.loop import BlockCallback
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -62,7 +65,7 @@ def sampler_inputs(model: Any, prompts: Prompts, gen_length: int, pad_token_id: 
     return family.image_inputs(model, processor, [prompt.messages for prompt in prompts], gen_length)
 
 
-def encode_chats(tokenizer, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+def encode_chats(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
     """Token ids of each conversation through the chat template, with the assistant header appended.
 
     Raises:
@@ -74,7 +77,7 @@ def encode_chats(tokenizer, conversations: list[list[dict[str, str]]]) -> list[l
     return [list(ids) for ids in encoded["input_ids"]]
 
 
-def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of raw texts (no chat template; the tokenizer's own special tokens, such as BOS, are added)."""
     return [list(ids) for ids in tokenizer(texts)["input_ids"]]
 

@@ -174,8 +174,10 @@ def test_tiny_llama_batched_matches_one_by_one(char_tokenizer, settings):
     alone = [generate_text(model, char_tokenizer, [p], config)[0] for p in prompts]
     assert batched == alone
     assert all(isinstance(a, str) and len(a) <= 6 for a in batched)
-    # Fewer steps (several tokens per step) still fills every position.
-    assert len(generate_text(model, char_tokenizer, prompts, replace(config, steps=3))) == 3
+    # Fewer steps (two tokens per step) still fills every position of every answer: no mask token is left.
+    few = generate_text_output(model, char_tokenizer, prompts, replace(config, steps=3))
+    answers = torch.cat([output.sequences[:, -6:] for output in few.outputs])
+    assert answers.shape == (3, 6) and not (answers == char_tokenizer.mask_token_id).any()
 
 
 def test_generate_text_decodes_up_to_the_first_eos(char_tokenizer):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import noise_image  # noqa: F401 - the pipeline tests import it from here
+from tests.helpers import noise_image
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from dllm.pipelines.qwen3_vl.utils import (  # noqa: E402
     Qwen3VLDataCollator,
     create_qwen3_vl_collator,
 )
-from tests.pipelines.conftest import noise_image  # noqa: E402
+from tests.helpers import noise_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MLLM_DEMO = ROOT.parent / "shared" / "data" / "mllm_demo"

@@ -10,7 +10,7 @@ from datasets import Dataset, Features, Image, List, Value
 from dllm.data import DataValidationError, load_sft_dataset
 from dllm.data.ko_document_table import KO_DOCUMENT_TABLE_HUB_ID, ko_document_table_to_messages
 from dllm.data.loading import NAMED_FORMATS
-from tests.pipelines.conftest import noise_image
+from tests.helpers import noise_image
 
 KO_FEATURES = Features({
     "id": Value("string"),

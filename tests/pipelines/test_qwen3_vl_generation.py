@@ -29,7 +29,7 @@ from dllm.pipelines.qwen3_vl.generation import (  # noqa: E402
     answer_image_questions,
     prepare_generation_inputs,
 )
-from tests.pipelines.conftest import noise_image  # noqa: E402
+from tests.helpers import noise_image  # noqa: E402
 
 GEN_LENGTH = 8
 

@@ -27,22 +27,13 @@ def test_example_sft_trains_and_saves_a_loadable_checkpoint(tmp_path, lora):
 
     from dllm.auto import AutoModelForMaskedDiffusion
     from dllm.pipelines.qwen3_vl.testing import build_tiny_qwen3_vl
-    from tests.pipelines.test_qwen3_vl_trainer import _rows
+    from tests.helpers import write_vl_rows
 
     base = tmp_path / "base"
     model, processor = build_tiny_qwen3_vl()
     model.save_pretrained(base)
     processor.save_pretrained(base)
-    data = tmp_path / "chat.json"
-    from datasets import Dataset
-
-    images = tmp_path / "img"
-    images.mkdir()
-    rows = []
-    for i, row in enumerate(_rows(4)):
-        row["images"][0].save(images / f"{i}.png")
-        rows.append({"messages": row["messages"], "images": [f"img/{i}.png"]})
-    Dataset.from_list(rows).to_json(str(data))
+    data = write_vl_rows(tmp_path)
     spec = importlib.util.spec_from_file_location("qwen3_vl_sft", ROOT / "examples" / "qwen3_vl" / "sft.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up

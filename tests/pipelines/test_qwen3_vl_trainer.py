@@ -12,13 +12,7 @@ from datasets import Dataset  # noqa: E402
 from dllm.core.trainers.mdlm_trainer import MDLMConfig  # noqa: E402
 from dllm.pipelines.qwen3_vl.trainer import Qwen3VLTrainer  # noqa: E402
 from dllm.pipelines.qwen3_vl.utils import create_qwen3_vl_collator  # noqa: E402
-from tests.pipelines.conftest import noise_image  # noqa: E402
-
-
-def _rows(n: int = 8) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"<image>사진 {i}번은 무엇입니까?"},
-                          {"role": "assistant", "content": f"잡음 이미지 {i}입니다."}],
-             "images": [noise_image(i)]} for i in range(n)]
+from tests.helpers import vl_rows  # noqa: E402
 
 
 def _args(tmp_path, **overrides) -> MDLMConfig:
@@ -34,7 +28,7 @@ def test_positions_come_from_clean_ids_and_vision_tensors_are_placed(tiny_vl, tm
     collator = create_qwen3_vl_collator(processor)
     trainer = Qwen3VLTrainer(model=model, args=_args(tmp_path), data_collator=collator,
                              processing_class=processor)
-    batch = collator(_rows(2))
+    batch = collator(vl_rows(2))
     prepared = trainer._preprocess_inputs(dict(batch))
     assert prepared["pixel_values"].dtype == torch.bfloat16
     expected, _ = model.model.get_rope_index(batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"],
@@ -51,7 +45,7 @@ def test_positions_come_from_clean_ids_and_vision_tensors_are_placed(tiny_vl, tm
 
 def _masked_answer_loss(model, processor, mask_id) -> float:
     """Cross-entropy of every answer token with all answer tokens masked (deterministic, unlike the ELBO)."""
-    batch = create_qwen3_vl_collator(processor)(_rows(4))
+    batch = create_qwen3_vl_collator(processor)(vl_rows(4))
     batch["input_ids"] = batch["input_ids"].masked_fill(batch["labels"] != -100, mask_id)
     with torch.no_grad():
         return model(**batch).loss.item()
@@ -61,7 +55,7 @@ def _train(model, processor, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     mask_id = processor.tokenizer.mask_token_id
     loss_before = _masked_answer_loss(model, processor, mask_id)
-    trainer = Qwen3VLTrainer(model=model, args=_args(tmp_path), train_dataset=Dataset.from_list(_rows()),
+    trainer = Qwen3VLTrainer(model=model, args=_args(tmp_path), train_dataset=Dataset.from_list(vl_rows()),
                              data_collator=create_qwen3_vl_collator(processor), processing_class=processor)
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]

@@ -74,7 +74,9 @@ class BidirectionalMaskedLMMixin:
         super().__init__(config, *args, **kwargs)
         disable_causal_attention(self)
 
-    def forward(self, input_ids=None, attention_mask=None, labels=None, logits_mask=None, document_ids=None,
+    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.LongTensor | None = None, logits_mask: torch.BoolTensor | None = None,
+                document_ids: torch.LongTensor | None = None,
                 **kwargs) -> MaskedLMOutput:
         """Denoise ``input_ids``; with ``logits_mask`` (bool ``[B, L]``) only the selected positions get logits.
 

@@ -78,7 +78,7 @@ def cache_argument(model_class: type) -> str:
     return "past_key_values"
 
 
-def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
+def model_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
                  keep: torch.Tensor, cache: DynamicCache | None = None,
                  model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
     """Float32 logits [B, K, V] of the input columns ``keep`` [K] of ``input_ids`` [B, Q].
@@ -100,7 +100,7 @@ def model_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, p
     return logits.float()
 
 
-def check_sliding_window(model, length: int) -> None:
+def check_sliding_window(model: torch.nn.Module, length: int) -> None:
     """Refuse the ``dual`` cache when a sliding-window layer would see keys out of canvas order."""
     config = getattr(model, "config", None)
     if config is None:
@@ -134,7 +134,7 @@ class BlockForward:
     columns; prompt-level ``model_kwargs`` go only to the calls that feed every column (see the module docstring).
     """
 
-    def __init__(self, model, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
+    def __init__(self, model: torch.nn.Module, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
                  start: int, end: int, model_kwargs: dict[str, Any] | None = None):
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
         self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end]}[cache]
@@ -172,7 +172,7 @@ class GuidedForward:
     vision model that is the standard unconditional input: text and image placeholders masked, no image.
     """
 
-    def __init__(self, model, config: DiffusionGenerationConfig, attention_mask: torch.Tensor,
+    def __init__(self, model: torch.nn.Module, config: DiffusionGenerationConfig, attention_mask: torch.Tensor,
                  positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor,
                  model_kwargs: dict[str, Any] | None = None):
         if config.cache == "dual":

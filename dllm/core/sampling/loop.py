@@ -97,7 +97,7 @@ def finish_at_eos(x: torch.Tensor, start: int, end: int,
 
 
 @torch.no_grad()
-def denoise(model, x: torch.Tensor, attention_mask: torch.Tensor, config: DiffusionGenerationConfig,
+def denoise(model: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tensor, config: DiffusionGenerationConfig,
             start: int, conditioning: torch.Tensor, stop_at_eos: bool = False,
             generator: torch.Generator | None = None, on_block: BlockCallback | None = None,
             model_kwargs: dict[str, Any] | None = None) -> GenerationOutput:
@@ -148,7 +148,7 @@ def _mask_token_id(config: DiffusionGenerationConfig) -> int:
 
 
 @torch.no_grad()
-def generate(model, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
+def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, config: DiffusionGenerationConfig,
              attention_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
              on_block: BlockCallback | None = None,
              model_kwargs: dict[str, Any] | None = None) -> GenerationOutput:
@@ -201,7 +201,7 @@ def mask_spans(input_ids: torch.Tensor, spans: Spans | list[Spans], mask_token_i
 
 
 @torch.no_grad()
-def infill(model, input_ids: torch.Tensor, config: DiffusionGenerationConfig,
+def infill(model: torch.nn.Module, input_ids: torch.Tensor, config: DiffusionGenerationConfig,
            attention_mask: torch.Tensor | None = None, spans: Spans | list[Spans] | None = None,
            generator: torch.Generator | None = None) -> GenerationOutput:
     """Fill the mask tokens of the left-padded ``input_ids`` [B, L] (or the ``spans``, see :func:`mask_spans`).

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from dllm.core.sampling.config import DiffusionGenerationConfig
 from dllm.core.sampling.loop import GenerationOutput, generate, infill
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,14 +27,15 @@ def left_pad(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tenso
     return ids, mask
 
 
-def encode_prompt(tokenizer, prompt: str) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     """Chat-template a single user turn (with the assistant header) into ids, without double specials."""
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_prompts(tokenizer, prompts: list[str], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                   pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Chat-template user turns in one batched call, left-padded: ``input_ids``, ``attention_mask`` [B, P].
 
     Gives the same ids as ``encode_prompt`` then ``left_pad`` (tested). ``padding_side`` must go through
@@ -57,7 +62,8 @@ def answer_ids(output: torch.Tensor, prompt_length: int, eos_token_id: int | Non
     return rows
 
 
-def with_tokenizer_ids(config: DiffusionGenerationConfig, tokenizer) -> DiffusionGenerationConfig:
+def with_tokenizer_ids(config: DiffusionGenerationConfig,
+                       tokenizer: PreTrainedTokenizerBase) -> DiffusionGenerationConfig:
     """Fill the config's unset mask and EOS ids from the tokenizer, and pad with the tokenizer's pad token."""
     mask_id = config.mask_token_id if config.mask_token_id is not None else tokenizer.mask_token_id
     eos_id = config.eos_token_id if config.eos_token_id is not None else tokenizer.eos_token_id
@@ -78,8 +84,9 @@ class TextGenerationOutput:
 
 
 @torch.no_grad()
-def generate_text_output(model, tokenizer, prompts: list[str], config: DiffusionGenerationConfig,
-                         batch_size: int = 256, generator: torch.Generator | None = None) -> TextGenerationOutput:
+def generate_text_output(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                         config: DiffusionGenerationConfig, batch_size: int = 256,
+                         generator: torch.Generator | None = None) -> TextGenerationOutput:
     """Answer each user prompt (chat template, left padding, :func:`generate`, decode up to the first EOS),
     keeping each batch's :class:`GenerationOutput` (forward passes, history)."""
     config = with_tokenizer_ids(config, tokenizer)
@@ -96,15 +103,17 @@ def generate_text_output(model, tokenizer, prompts: list[str], config: Diffusion
     return TextGenerationOutput(texts, outputs)
 
 
-def generate_text(model, tokenizer, prompts: list[str], config: DiffusionGenerationConfig,
-                  batch_size: int = 256, generator: torch.Generator | None = None) -> list[str]:
+def generate_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                  config: DiffusionGenerationConfig, batch_size: int = 256,
+                  generator: torch.Generator | None = None) -> list[str]:
     """Answer each user prompt; see :func:`generate_text_output` for forward counts and history."""
     return generate_text_output(model, tokenizer, prompts, config, batch_size, generator).texts
 
 
 @torch.no_grad()
-def infill_text(model, tokenizer, texts: list[str], config: DiffusionGenerationConfig,
-                batch_size: int = 256, generator: torch.Generator | None = None) -> list[str]:
+def infill_text(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                config: DiffusionGenerationConfig, batch_size: int = 256,
+                generator: torch.Generator | None = None) -> list[str]:
     """Fill the runs of the tokenizer's mask token in each text (no chat template); the rest is kept as given.
 
     Each mask token is one position to fill. Returns the decoded texts, special tokens included.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import Trainer, TrainingArguments
@@ -27,6 +27,9 @@ from dllm.core.diffusion import (
 )
 from dllm.core.models.masked_lm import check_mask_token_id, text_config
 from dllm.core.schedules import SCHEDULES, describe_schedules, make_schedule
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -139,7 +142,8 @@ class MDLMTrainer(Trainer):
     # that same training_step test, which this flag bypasses.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model=None, args: TrainingArguments | None = None, *, mask_token_id: int | None = None,
+    def __init__(self, model: PreTrainedModel | torch.nn.Module | None = None, args: TrainingArguments | None = None,
+                 *, mask_token_id: int | None = None,
                  **kwargs):
         args = as_mdlm_config(args)
         super().__init__(model=model, args=args, **kwargs)

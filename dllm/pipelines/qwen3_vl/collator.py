@@ -30,6 +30,7 @@ from dllm.core.diffusion import IGNORE_INDEX
 from dllm.data.collator import tokenize_messages
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
     from PIL.Image import Image as PILImage
 
 logger = logging.getLogger(__name__)
@@ -123,12 +124,14 @@ class _ExpandedTemplate:
     image's single pad token expanded to its ``counts[i]`` LM tokens (a prefix of the conversation holds the
     first images, so every rendered prefix expands alike and the spans stay prefix-consistent)."""
 
-    def __init__(self, tokenizer, chat_template: str | None, image_token: str, counts: Sequence[int]):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, chat_template: str | None, image_token: str,
+                 counts: Sequence[int]):
         self.tokenizer, self.image_token, self.counts = tokenizer, image_token, counts
         self.chat_template = chat_template if chat_template is not None else tokenizer.chat_template
         self.name_or_path = tokenizer.name_or_path
 
-    def apply_chat_template(self, messages, tokenize: bool = False, add_generation_prompt: bool = False) -> str:
+    def apply_chat_template(self, messages: list[dict[str, Any]], tokenize: bool = False,
+                            add_generation_prompt: bool = False) -> str:
         text = self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
         pieces = text.split(self.image_token)
@@ -276,7 +279,7 @@ class Qwen3VLDataCollator:
         return out
 
 
-def create_qwen3_vl_collator(processor, mask_prompt_loss: bool = True, max_seq_length: int | None = None,
-                             **kwargs) -> Qwen3VLDataCollator:
+def create_qwen3_vl_collator(processor: ProcessorMixin, mask_prompt_loss: bool = True,
+                             max_seq_length: int | None = None, **kwargs) -> Qwen3VLDataCollator:
     """A :class:`Qwen3VLDataCollator`; ``kwargs``: ``on_image_truncation``, ``image_root``, ``pad_to_multiple_of``."""
     return Qwen3VLDataCollator(processor, max_seq_length=max_seq_length, mask_prompt_loss=mask_prompt_loss, **kwargs)

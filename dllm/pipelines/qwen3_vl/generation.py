@@ -33,6 +33,7 @@ import torch
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, generate, left_pad
 
 if TYPE_CHECKING:
+    from transformers import ProcessorMixin
     from PIL.Image import Image as PILImage
 
 Conversation = list[dict[str, Any]]
@@ -44,7 +45,8 @@ def conversation_images(messages: Conversation) -> list[Any]:
             for part in message["content"] if part.get("type") == "image"]
 
 
-def prepare_generation_inputs(model, processor, conversations: list[Conversation], gen_length: int,
+def prepare_generation_inputs(model: torch.nn.Module, processor: ProcessorMixin, conversations: list[Conversation],
+                              gen_length: int,
                               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """``(prompt_ids [B, P], attention_mask [B, P], model_kwargs)`` for :func:`~dllm.core.sampling.generate`.
 
@@ -85,7 +87,8 @@ def prepare_generation_inputs(model, processor, conversations: list[Conversation
     return prompt_ids, attention_mask, kwargs
 
 
-def answer_image_questions(model, processor, images: list[PILImage | None], questions: list[str],
+def answer_image_questions(model: torch.nn.Module, processor: ProcessorMixin, images: list[PILImage | None],
+                           questions: list[str],
                            config: DiffusionGenerationConfig, generator: torch.Generator | None = None) -> list[str]:
     """Answer each ``question`` about its image (``None``: text only) in one batch; the answers are decoded up to
     the first EOS, special tokens skipped. ``config`` needs ``mask_token_id`` (and ``eos_token_id`` to stop)."""
@@ -101,7 +104,7 @@ def answer_image_questions(model, processor, images: list[PILImage | None], ques
             for ids in answer_ids(out.sequences, prompt_ids.shape[1], config.eos_token_id)]
 
 
-def answer_image_question(model, processor, image: PILImage | None, question: str,
+def answer_image_question(model: torch.nn.Module, processor: ProcessorMixin, image: PILImage | None, question: str,
                           config: DiffusionGenerationConfig, generator: torch.Generator | None = None) -> str:
     """The answer to one ``question`` about ``image``, by iterative denoising (see :func:`answer_image_questions`)."""
     return answer_image_questions(model, processor, [image], [question], config, generator)[0]

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3VLConfig
 from dllm.data.chat_templates import QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
     from transformers import Qwen3VLProcessor
 
     from dllm.pipelines.qwen3_vl.models import Qwen3VLForMaskedLM
@@ -54,7 +55,8 @@ def build_tiny_qwen3_vl_processor() -> Qwen3VLProcessor:
                             video_processor=video_processor, chat_template=QWEN3_VL_CHAT_TEMPLATE)
 
 
-def tiny_qwen3_vl_config(tokenizer, *, tie_word_embeddings: bool = False, **text_overrides) -> Qwen3VLConfig:
+def tiny_qwen3_vl_config(tokenizer: PreTrainedTokenizerBase, *, tie_word_embeddings: bool = False,
+                         **text_overrides) -> Qwen3VLConfig:
     """A hidden-32 Qwen3-VL config for ``tokenizer``: vision depth 2 with DeepStack from both vision layers into
     text layers 0 and 1, and a third text layer after them (DeepStack adds only at image positions, so features
     injected into the last layer would never reach an answer token's loss)."""
