@@ -121,14 +121,28 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> Pretraine
         raise _remote_code_error(name_or_path, err) from err
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """``AutoTokenizer.from_pretrained`` with the errors of :func:`load_config` (call that first)."""
+def _load(auto_class: Any, what: str, name_or_path: str, trust_remote_code: bool) -> Any:
+    """``auto_class.from_pretrained`` whose errors name the checkpoint (a missing file: ``cannot load the {what}``;
+    checkpoint code without ``trust_remote_code``: :func:`_remote_code_error`)."""
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise UsageError(f"{name_or_path}: cannot load the tokenizer ({str(err).splitlines()[0]})") from err
+        raise UsageError(f"{name_or_path}: cannot load the {what} ({str(err).splitlines()[0]})") from err
     except ValueError as err:
         raise _remote_code_error(name_or_path, err) from err
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """``AutoTokenizer.from_pretrained`` with the errors of :func:`load_config` (call that first)."""
+    return _load(AutoTokenizer, "tokenizer", name_or_path, trust_remote_code)
+
+
+def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """``AutoProcessor.from_pretrained`` (a vision-language checkpoint's processor) with the errors of
+    :func:`load_tokenizer`: a processor with its own code (``auto_map``) loads only with ``trust_remote_code``."""
+    from transformers import AutoProcessor
+
+    return _load(AutoProcessor, "processor", name_or_path, trust_remote_code)
 
 
 def _weights_error(name_or_path: str, err: SafetensorError) -> UsageError:
@@ -154,12 +168,21 @@ class AutoModelForMaskedDiffusion:
         raise OSError("use AutoModelForMaskedDiffusion.from_pretrained(...) or .from_config(...)")
 
     @staticmethod
-    def class_for_config(config: PretrainedConfig, source: str = "config") -> type[PreTrainedModel]:
-        """The masked-LM class for a config: the family's own, else the generic subclass of its causal LM.
+    def class_for_config(config: PretrainedConfig, source: str = "config",
+                         trust_remote_code: bool = False) -> type[PreTrainedModel]:
+        """The masked-LM class for a config: the family's own, else the generic subclass of its causal LM. With
+        ``trust_remote_code``, a config whose ``auto_map`` names an ``AutoModelForCausalLM`` class gets the
+        generic subclass of that class, the checkpoint's own code read from ``source`` (as transformers'
+        ``AutoModelForCausalLM`` prefers it).
 
         Raises:
             ValueError: transformers has no causal-LM class for this ``model_type`` (naming ``source``).
         """
+        remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
+        if trust_remote_code and remote:
+            from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+            return masked_lm_class(get_class_from_dynamic_module(remote, source))
         family = family_for_model_type(config.model_type)
         if family is not None:
             return family.model_class
@@ -184,7 +207,7 @@ class AutoModelForMaskedDiffusion:
             UsageError: no such checkpoint, checkpoint code without ``trust_remote_code``, corrupt weights.
         """
         config = load_config(name_or_path, trust_remote_code=trust_remote_code)
-        model_class = cls.class_for_config(config, source=str(name_or_path))
+        model_class = cls.class_for_config(config, source=str(name_or_path), trust_remote_code=trust_remote_code)
         try:
             return model_class.from_pretrained(name_or_path, **kwargs)
         except SafetensorError as err:

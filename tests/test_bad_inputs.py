@@ -208,6 +208,7 @@ def test_trainer_without_a_mask_token(tmp_path):
                                 f"{', '.join(map(repr, SCHEDULES))})"),
     (["--time_eps", "2"], "time_eps must be in [0, 1], got 2.0"),
     (["--max_seq_length", "0"], "max_seq_length must be a positive integer, got 0"),
+    (["--gen_length", "0"], "gen_length must be a positive integer, got 0"),
     (["--r", "0"], "r (the LoRA rank) must be a positive integer, got 0"),
     (["--dtype", "float8"], "argument --dtype: invalid choice: 'float8' (choose from 'auto', 'bfloat16', "
                             "'float16', 'float32')"),

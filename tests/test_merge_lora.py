@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -65,6 +66,7 @@ def test_merged_checkpoint_matches_the_adapter_model(trained):
     assert tokenizer.mask_token_id is not None and merged.config.mask_token_id == tokenizer.mask_token_id
     assert merged.get_input_embeddings().weight.shape[0] == trained.vocab + 1  # the base had no mask row
     assert is_bidirectional(merged)
+    assert not {"processor_config.json", "preprocessor_config.json"} & {p.name for p in merged_dir.iterdir()}
 
     ids = torch.tensor([tokenizer("Repeat 3 twice")["input_ids"] + [tokenizer.mask_token_id] * 4])  # [1, L]
     adapter_model, _ = _adapter_model(trained)
@@ -76,6 +78,74 @@ def test_merged_checkpoint_matches_the_adapter_model(trained):
     # and the adapter mattered: without it the logits differ
     with adapter_model.disable_adapter():
         assert (_logits(adapter_model, ids) - expected).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def trained_vl(tmp_path_factory):
+    """A tiny Qwen3-VL whose tokenizer has no mask token, fine-tuned 4 steps with LoRA by ``dllm sft qwen3_vl``
+    (in-process), which saves the adapter with the processor (image processor, chat template, tokenizer)."""
+    pytest.importorskip("torchvision", reason="Qwen3-VL's image processor needs torchvision")
+    from dllm.pipelines.qwen3_vl.testing import build_tiny_qwen3_vl
+    from tests.helpers import write_vl_rows
+
+    tmp_path = tmp_path_factory.mktemp("lora_vl")
+    model, processor = build_tiny_qwen3_vl()
+    model.save_pretrained(tmp_path / "base")
+    processor.save_pretrained(tmp_path / "base")
+    out = tmp_path / "out"
+    assert cli_main(["sft", "qwen3_vl", "--model_name_or_path", str(tmp_path / "base"), "--dataset_args",
+                     str(write_vl_rows(tmp_path)), "--output_dir", str(out), "--lora", "True", "--r", "4",
+                     "--max_steps", "4", "--per_device_train_batch_size", "2", "--learning_rate", "1e-2",
+                     "--use_cpu", "True", "--report_to", "none", "--save_strategy", "no", "--dtype", "float32"]) == 0
+    assert (out / "adapter" / "processor_config.json").is_file()
+    return SimpleNamespace(base=tmp_path / "base", adapter=out / "adapter", tmp=tmp_path)
+
+
+def _vl_logits(model, processor) -> torch.Tensor:
+    """Logits [B, L, V] on two image questions whose answers are masked (the collator's batch)."""
+    from dllm.pipelines.qwen3_vl.utils import create_qwen3_vl_collator
+    from tests.helpers import vl_rows
+
+    batch = create_qwen3_vl_collator(processor)(vl_rows(2))
+    labels = batch.pop("labels")
+    batch["input_ids"] = batch["input_ids"].masked_fill(labels != -100, processor.tokenizer.mask_token_id)
+    with torch.no_grad():
+        return model.eval()(**batch).logits
+
+
+@pytest.mark.parametrize("processor_from", ["adapter", "base"])
+def test_merged_vl_checkpoint_has_the_processor_and_matches_the_adapter_model(trained_vl, processor_from, capsys):
+    """The merged Qwen3-VL folder loads with AutoProcessor (its tokenizer the adapter's, mask token included,
+    also when the processor comes from BASE because the adapter folder holds only the tokenizer), gives the
+    adapter model's logits on an image batch, and answers an image question with dllm sample --image."""
+    import shutil
+
+    from transformers import AutoProcessor, Qwen3VLProcessor
+
+    adapter = trained_vl.adapter
+    if processor_from == "base":  # an adapter folder without the processor's files: BASE's is used
+        adapter = trained_vl.tmp / "adapter_without_processor"
+        shutil.copytree(trained_vl.adapter, adapter, ignore=shutil.ignore_patterns("processor_config.json"))
+    merged_dir = trained_vl.tmp / f"merged_{processor_from}"
+    assert cli_main(["merge-lora", str(trained_vl.base), str(adapter), str(merged_dir)]) == 0
+
+    processor = AutoProcessor.from_pretrained(merged_dir)
+    merged = AutoModelForMaskedDiffusion.from_pretrained(str(merged_dir))
+    assert isinstance(processor, Qwen3VLProcessor) and processor.chat_template is not None
+    assert AutoTokenizer.from_pretrained(trained_vl.base).mask_token_id is None  # BASE's tokenizer has none
+    mask_id = AutoTokenizer.from_pretrained(trained_vl.adapter).mask_token_id
+    assert processor.tokenizer.mask_token_id == mask_id == merged.config.text_config.mask_token_id is not None
+
+    adapter_model, _ = _adapter_model(SimpleNamespace(base=trained_vl.base, adapter=trained_vl.adapter))
+    expected = _vl_logits(adapter_model, processor)
+    torch.testing.assert_close(_vl_logits(merged, processor), expected, atol=1e-5, rtol=0)
+    with adapter_model.disable_adapter():  # the adapter mattered
+        assert (_vl_logits(adapter_model, processor) - expected).abs().max() > 1e-3
+
+    status = cli_main(["sample", str(merged_dir), "What is in the picture?", "--image",
+                       str(trained_vl.tmp / "img" / "0.png"), "--gen_length", "4", "--steps", "4", "--device", "cpu"])
+    assert status == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 def test_merged_checkpoint_samples(trained, capsys):
@@ -131,12 +201,21 @@ def test_merge_errors_name_the_path(trained, tmp_path, case, message):
     assert not (tmp_path / "new").exists()
 
 
-def test_deepspeed_lora_save_prints_the_merge_command(tmp_path, caplog):
-    saved = []
-    trainer = SimpleNamespace(save_model=saved.append, is_deepspeed_enabled=True, is_fsdp_enabled=False)
+@pytest.mark.parametrize("backend", ["deepspeed", "fsdp"])
+def test_sharded_lora_save_writes_only_the_adapter_and_logs_the_merge_command(tmp_path, caplog, backend):
+    """Under DeepSpeed or FSDP (a stand-in trainer: no GPU, no accelerator, no tokenizer to save) save_final
+    writes the adapter alone, merges nothing, and logs the dllm merge-lora command that merges it."""
+    out = tmp_path / "out"
+
+    def save_model(folder):  # what Trainer.save_model writes under LoRA
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "adapter_config.json").write_text("{}")
+
+    trainer = SimpleNamespace(save_model=save_model, is_deepspeed_enabled=backend == "deepspeed",
+                              is_fsdp_enabled=backend == "fsdp")
     with caplog.at_level(logging.WARNING, logger="dllm.sft.recipe"):
-        save_final(trainer, tokenizer=None, output_dir=str(tmp_path / "out"), lora=True, base="org/base")
-    assert saved == [str(tmp_path / "out" / "adapter")]
+        save_final(trainer, tokenizer=None, output_dir=str(out), lora=True, base="org/base")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["adapter", "adapter/adapter_config.json"]
     assert caplog.messages == [
-        f"LoRA under DeepSpeed/FSDP: only the adapter was saved to {tmp_path}/out/adapter; merge it into the base "
-        f"model on one process with: dllm merge-lora org/base {tmp_path}/out/adapter {tmp_path}/out --overwrite True"]
+        f"LoRA under DeepSpeed/FSDP: only the adapter was saved to {out}/adapter; merge it into the base "
+        f"model on one process with: dllm merge-lora org/base {out}/adapter {out} --overwrite True"]

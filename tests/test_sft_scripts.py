@@ -6,15 +6,26 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoTokenizer, Gemma2ForCausalLM, LlamaForCausalLM
 
 from dllm.core.models import is_bidirectional
+from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig
+from dllm.inference.loading import CheckpointArguments, load_checkpoint
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
-from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, tiny_gemma2_config, tiny_llama_config
+from dllm.sft.merge import merge_lora
+from dllm.sft.recipe import save_final
+from tests.helpers import (
+    alpaca_fixture,
+    checkpoint_without_mask_token,
+    tiny_gemma2_config,
+    tiny_llama_config,
+    tiny_qwen3_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -46,7 +57,7 @@ def test_sft_script_trains_and_saves_loadable_checkpoint(tmp_path, char_tokenize
     data = alpaca_fixture(tmp_path / "alpaca.json")
     out = tmp_path / "out"
     flags = ["--model_name_or_path", str(base), "--dataset_args", f"{data}[train:20,test:4]",
-             "--output_dir", str(out), "--eval_strategy", "steps", "--eval_steps", "2", *COMMON]
+             "--output_dir", str(out), "--eval_strategy", "steps", "--eval_steps", "2", "--gen_length", "12", *COMMON]
     if lora:
         flags += ["--lora", "True", "--r", "4", "--lora_alpha", "8", "--target_modules", "q_proj", "v_proj"]
     run_script(f"examples/{family}/sft.py", *flags)
@@ -65,6 +76,26 @@ def test_sft_script_trains_and_saves_loadable_checkpoint(tmp_path, char_tokenize
         assert (out / "adapter" / "adapter_config.json").exists()
     else:  # full fine-tuning moves every tensor
         assert changed == set(before), sorted(set(before) - changed)
+    # the sampler defaults, --gen_length included, go with the checkpoint, and every verb starts from them
+    assert DiffusionGenerationConfig.from_pretrained(out) == DiffusionGenerationConfig(gen_length=12)
+    assert load_checkpoint(str(out), CheckpointArguments(device="cpu")).generation_config.gen_length == 12
+    if lora:  # ... and with the adapter, which dllm merge-lora copies to the merged checkpoint
+        saved = (out / "adapter" / GENERATION_CONFIG_NAME).read_text()
+        assert saved == (out / GENERATION_CONFIG_NAME).read_text()
+        merge_lora(str(base), out / "adapter", tmp_path / "merged")
+        assert (tmp_path / "merged" / GENERATION_CONFIG_NAME).read_text() == saved
+
+
+def test_lora_under_deepspeed_saves_the_sampler_defaults_with_the_adapter(tmp_path):
+    """Under DeepSpeed/FSDP only the adapter folder is written, by the main process alone."""
+    config = DiffusionGenerationConfig(gen_length=12)
+    for main_process, folder in ((False, tmp_path / "other"), (True, tmp_path / "main")):
+        trainer = SimpleNamespace(save_model=lambda path: Path(path).mkdir(parents=True), is_deepspeed_enabled=True,
+                                  is_fsdp_enabled=False, accelerator=SimpleNamespace(is_main_process=main_process))
+        save_final(trainer, None, str(folder), lora=True, generation_config=config)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "main", "main/adapter", f"main/adapter/{GENERATION_CONFIG_NAME}", "other", "other/adapter"]
+    assert DiffusionGenerationConfig.from_pretrained(tmp_path / "main" / "adapter") == config
 
 
 def test_sft_script_logs_losses_and_eval(tmp_path, char_tokenizer):
@@ -149,12 +180,11 @@ def test_cli_user_mistakes_print_one_line_and_exit_2():
 
 def test_dllm_sft_picks_the_class_from_model_type_for_any_causal_lm(tmp_path, char_tokenizer):
     """A Qwen3 checkpoint (no family of its own) trains through `dllm sft --model_name_or_path` and reloads."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
     from dllm.auto import AutoModelForMaskedDiffusion
 
-    config = Qwen3Config(vocab_size=len(char_tokenizer) - 1, hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    config = tiny_qwen3_config(len(char_tokenizer) - 1)
     base, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, Qwen3ForCausalLM, config)
     data = alpaca_fixture(tmp_path / "alpaca.json")
     out = tmp_path / "out"

@@ -558,7 +558,9 @@ def save_and_evaluate(trainer: MDLMTrainer, tokenizer: PreTrainedTokenizerBase, 
     tokenizer.save_pretrained(output_dir)
     if args.plot:
         plot_curves(trainer.state.log_history, progress.history, output_dir / "loss.png")
-    # Every dllm verb (sample, chat, serve, eval) starts from these settings: the demo's answer canvas.
+    # Every dllm verb (sample, chat, serve, eval) starts from these settings: the demo's answer canvas, filled
+    # one token per step (steps None, saved as null: the sampler the exact-match line measures, and still one
+    # token per step when a user asks for another --gen_length).
     DiffusionGenerationConfig(gen_length=demo.gen_length).save_pretrained(output_dir)
     model = AutoModelForMaskedDiffusion.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)

@@ -69,7 +69,7 @@ import torch
 from transformers import HfArgumentParser, PreTrainedTokenizerFast, set_seed
 from transformers.utils import logging as hf_logging
 
-from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion
+from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, load_processor
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, generate, with_tokenizer_ids
 from dllm.data.chat_templates import QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
 from dllm.demo.run import process_start_time
@@ -111,6 +111,9 @@ class VLDemoArguments:
                                                       "decodes and collates (dataloader_num_workers)."})
     plot: bool = field(default=True, metadata={"help": "Save samples.png (needs matplotlib: pip install "
                                                        "'dllm[plot]')."})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "Run checkpoint code (auto_map) where the recipe loads the model and processor and where "
+                "evaluation reloads them; review it first."})
     # Task.
     grid_rows: int = field(default=3, metadata={"help": "Rows of the colour grid."})
     grid_cols: int = field(default=3, metadata={"help": "Columns of the colour grid."})
@@ -357,7 +360,8 @@ def recipe_argv(args: VLDemoArguments, init_dir: Path, train_file: Path, checkpo
     flags = {
         "model_name_or_path": init_dir, "dataset_args": train_file, "output_dir": checkpoint_dir,
         "lora": False, "freeze_vision": False, "freeze_merger": False, "dtype": "float32", "use_cpu": True,
-        "seed": args.seed, "max_steps": args.max_steps, "per_device_train_batch_size": args.batch_size,
+        "seed": args.seed, "trust_remote_code": args.trust_remote_code, "max_steps": args.max_steps,
+        "per_device_train_batch_size": args.batch_size,
         "learning_rate": args.learning_rate, "optim": "adamw_torch_fused", "adam_beta2": 0.98,
         "weight_decay": 0.0, "lr_scheduler_type": "cosine_with_min_lr",
         "lr_scheduler_kwargs": json.dumps({"min_lr_rate": 0.1}), "warmup_steps": 0.03, "max_grad_norm": 1.0,
@@ -487,10 +491,9 @@ def train(args: VLDemoArguments, data: DemoData, output_dir: Path, extra: list[s
 
 def evaluate(args: VLDemoArguments, data: DemoData, checkpoint_dir: Path, data_dir: Path) -> list[str]:
     """Reload the checkpoint from disk and answer the held-out questions; saves its sampler settings."""
-    from transformers import AutoProcessor
-
-    model = AutoModelForMaskedDiffusion.from_pretrained(str(checkpoint_dir)).eval()
-    processor = AutoProcessor.from_pretrained(checkpoint_dir)
+    model = AutoModelForMaskedDiffusion.from_pretrained(str(checkpoint_dir),
+                                                        trust_remote_code=args.trust_remote_code).eval()
+    processor = load_processor(str(checkpoint_dir), args.trust_remote_code)
     gen_length = ANSWER_CANVAS
     DiffusionGenerationConfig(gen_length=gen_length).save_pretrained(checkpoint_dir)
     began = time.time()

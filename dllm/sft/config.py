@@ -129,3 +129,15 @@ class SFTConfig(MDLMConfig):
         metadata={"help": "DDP: search for parameters without gradient every step (costs an extra pass; "
                   "every parameter of a dllm model gets a gradient, so off)."},
     )
+    gen_length: int = field(
+        default=128,
+        metadata={"help": "Answer length (tokens) saved with the checkpoint, and with a LoRA adapter, as its sampler "
+                  "default (diffusion_generation_config.json): dllm sample, chat, serve and playground start from "
+                  "it, their --gen_length overrides it. The other sampler settings are saved at their defaults: one "
+                  "token per step, one block, low-confidence remasking."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.gen_length < 1:
+            raise UsageError(f"gen_length must be a positive integer, got {self.gen_length}")
+        super().__post_init__()

@@ -9,21 +9,26 @@ DeepSpeed/FSDP that is all it saves. Merging redoes what the recipe did before w
 has fewer rows), loads the adapter (with the resized embedding rows peft saves when embeddings were resized)
 and merges it with ``merge_and_unload``. ``OUT`` then holds a checkpoint that
 ``AutoModelForMaskedDiffusion.from_pretrained`` and ``dllm sample``/``serve``/``eval`` load, whose logits equal
-the adapter model's.
+the adapter model's. A vision-language checkpoint (Qwen3-VL) also gets its processor (image processor and chat
+template, with the adapter's tokenizer), from ADAPTER when it holds one, else from BASE, so ``AutoProcessor`` loads
+``OUT`` and ``dllm sample --image`` works; a text-only BASE gets the tokenizer alone.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from dllm.auto import AutoModelForMaskedDiffusion, load_tokenizer
+from dllm.auto import AutoModelForMaskedDiffusion, load_processor, load_tokenizer
 from dllm.core.models.masked_lm import add_mask_token
+from dllm.core.sampling import GENERATION_CONFIG_NAME
 from dllm.errors import UsageError
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -94,9 +99,39 @@ def _embedding_rows_saved(model: PreTrainedModel, adapter: Path) -> bool:
         return any(key.endswith(f"{name}.weight") for key in f.keys())
 
 
+def has_image_processor(name_or_path: str | Path) -> bool:
+    """Whether a checkpoint (folder or hub id) ships an image processor: ``preprocessor_config.json``, or
+    ``processor_config.json`` with an ``image_processor`` entry (where transformers 5 saves it)."""
+    from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME, cached_file
+
+    def find(name: str) -> str | None:
+        if Path(name_or_path).is_dir():
+            path = Path(name_or_path) / name
+            return str(path) if path.is_file() else None
+        return cached_file(str(name_or_path), name, _raise_exceptions_for_missing_entries=False,
+                           _raise_exceptions_for_connection_errors=False)
+
+    if find(IMAGE_PROCESSOR_NAME) is not None:
+        return True
+    processor_file = find(PROCESSOR_NAME)
+    return processor_file is not None and "image_processor" in json.loads(Path(processor_file).read_text())
+
+
+def _load_processor(adapter: Path, base: str, tokenizer: Any, trust_remote_code: bool) -> Any:
+    """The processor to save beside the merged model (ADAPTER's, else BASE's) carrying ``tokenizer``, the one the
+    adapter was trained with (mask token included); None when neither has an image processor."""
+    source = next((str(s) for s in (adapter, base) if has_image_processor(s)), None)
+    if source is None:
+        return None
+    processor = load_processor(source, trust_remote_code)
+    processor.tokenizer = tokenizer
+    return processor
+
+
 def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bool = False, dtype: str = "auto",
                trust_remote_code: bool = False) -> PreTrainedModel:
-    """Merge ``adapter`` into ``base`` and save the model and tokenizer to ``out``; returns the merged model.
+    """Merge ``adapter`` into ``base`` and save the model and tokenizer (and the processor of a vision-language
+    checkpoint) to ``out``; returns the merged model.
 
     Raises:
         UsageError: a missing BASE or ADAPTER, an ADAPTER that is not a peft adapter or does not fit BASE, an
@@ -112,6 +147,7 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
     tokenizer = load_tokenizer(str(adapter) if has_tokenizer else base, trust_remote_code)
     model = AutoModelForMaskedDiffusion.from_pretrained(
         base, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code)
+    processor = _load_processor(adapter, base, tokenizer, trust_remote_code)  # after BASE is known to exist
     rows = model.get_input_embeddings().weight.shape[0]
     add_mask_token(model, tokenizer)  # as the recipe did before wrapping the model in LoRA
     if model.get_input_embeddings().weight.shape[0] != rows and not _embedding_rows_saved(model, adapter):
@@ -127,7 +163,10 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
     merged = peft_model.merge_and_unload()
     Path(out).mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    (processor if processor is not None else tokenizer).save_pretrained(out)  # a processor saves its tokenizer
+    saved = adapter / GENERATION_CONFIG_NAME  # the sampler defaults dllm sft saves beside the adapter
+    if saved.is_file() and saved.resolve() != (Path(out) / GENERATION_CONFIG_NAME).resolve():
+        shutil.copyfile(saved, Path(out) / GENERATION_CONFIG_NAME)
     return merged
 
 

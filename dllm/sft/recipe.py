@@ -4,7 +4,8 @@ Steps: parse options, check the checkpoint's config, load and validate the data 
 the run before any weights load), load the tokenizer and the bidirectional model (the class is picked from the
 checkpoint's ``model_type`` by :class:`dllm.auto.AutoModelForMaskedDiffusion`), give it a mask token, optionally
 wrap it in LoRA, build the collator, train with :class:`MDLMTrainer`, and save a checkpoint
-that ``AutoModelForMaskedDiffusion.from_pretrained`` (and ``AutoTokenizer``) load back.
+that ``AutoModelForMaskedDiffusion.from_pretrained`` (and ``AutoTokenizer``) load back, with the sampler defaults
+(``--gen_length``) that ``dllm sample``/``chat``/``serve``/``playground`` start from.
 
 A family name (``llama3``, ``gemma2``) only supplies the default checkpoint; ``--model_name_or_path`` may point
 at any causal LM transformers knows (Qwen3, Mistral, ...).
@@ -13,6 +14,7 @@ at any causal LM transformers knows (Qwen3, Mistral, ...).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shlex
 import sys
@@ -25,7 +27,8 @@ from datasets import DatasetDict
 from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, family_for_model_type, load_config, load_tokenizer
-from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token
+from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token, text_config
+from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
 from dllm.data.collator import SFTDataCollator, tokenize_messages
 from dllm.data.packing import pack_dataset
@@ -173,7 +176,11 @@ def check_target_modules(model: PreTrainedModel, target_modules: list[str]) -> N
 
 
 def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_checkpointing: bool) -> PreTrainedModel:
-    """Wrap ``model`` in LoRA adapters on ``target_modules`` (peft is imported only here)."""
+    """Wrap ``model`` in LoRA adapters on ``target_modules`` (peft is imported only here).
+
+    When the embeddings were resized for the mask token, the saved adapter holds them (the mask token's row,
+    which ``dllm merge-lora`` needs): peft's own "auto" check misses the resize when the config has no top-level
+    ``vocab_size`` (Qwen3-VL keeps it in ``text_config``) or the base is a hub id it cannot reach (offline)."""
     from peft import LoraConfig, get_peft_model
 
     check_target_modules(model, list(model_args.target_modules))
@@ -181,17 +188,34 @@ def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_chec
                         target_modules=list(model_args.target_modules), bias="none")
     if gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
+    resized = _embeddings_resized(model, model_args.trust_remote_code)
     model = get_peft_model(model, config)
+    if resized:  # Trainer.save_model calls save_pretrained without this argument
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=True)
     model.print_trainable_parameters()
     return model
 
 
+def _embeddings_resized(model: PreTrainedModel, trust_remote_code: bool) -> bool:
+    """Whether ``model`` has other input-embedding rows than the checkpoint it was loaded from."""
+    if not model.name_or_path:  # built from a config: nothing to compare with
+        return False
+    saved = text_config(load_config(model.name_or_path, trust_remote_code)).vocab_size
+    return model.get_input_embeddings().weight.shape[0] != saved
+
+
 def save_final(trainer: MDLMTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: str, lora: bool,
-               base: str = "BASE") -> None:
+               base: str = "BASE", generation_config: DiffusionGenerationConfig | None = None) -> None:
     """Write a full checkpoint ``from_pretrained`` can load; with LoRA also the adapter in ``adapter/``
-    (under DeepSpeed/FSDP only the adapter, with the ``dllm merge-lora`` command that merges it into ``base``)."""
+    (under DeepSpeed/FSDP only the adapter, with the ``dllm merge-lora`` command that merges it into ``base``).
+
+    ``generation_config``: the sampler defaults (``diffusion_generation_config.json``, which ``dllm sample``,
+    ``chat``, ``serve`` and ``playground`` start from), written beside the checkpoint and the adapter (``dllm
+    merge-lora`` copies the adapter's); ``None`` writes none."""
     if lora:
-        trainer.save_model(str(Path(output_dir) / "adapter"))
+        adapter = Path(output_dir) / "adapter"
+        trainer.save_model(str(adapter))
+        _save_sampler_defaults(trainer, generation_config, adapter)
         if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
             logger.warning("LoRA under DeepSpeed/FSDP: only the adapter was saved to %s/adapter; merge it into the "
                            "base model on one process with: %s", output_dir, merge_command(base, output_dir))
@@ -203,6 +227,13 @@ def save_final(trainer: MDLMTrainer, tokenizer: PreTrainedTokenizerBase, output_
         trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(output_dir)
+    _save_sampler_defaults(trainer, generation_config, Path(output_dir))
+
+
+def _save_sampler_defaults(trainer: MDLMTrainer, config: DiffusionGenerationConfig | None, folder: Path) -> None:
+    if config is not None and trainer.accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        config.save_pretrained(folder)
 
 
 def merge_command(base: str, output_dir: str) -> str:
@@ -253,10 +284,12 @@ def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTraine
         logger.warning("%d rows were dropped: no answer token fits in max_seq_length=%d",
                        collator.num_dropped, data_args.max_seq_length)
 
-    # 4. Save a loadable checkpoint with its tokenizer. Then every process waits for the save and the process
-    #    group is torn down before the interpreter exits: a rank that exits with gloo threads still running
-    #    aborts ("terminate called without an active exception"), which failed 1 in ~10 two-process runs.
-    save_final(trainer, tokenizer, training_args.output_dir, model_args.lora, base=checkpoint)
+    # 4. Save a loadable checkpoint with its tokenizer and sampler defaults. Then every process waits for the
+    #    save and the process group is torn down before the interpreter exits: a rank that exits with gloo threads
+    #    still running aborts ("terminate called without an active exception"), which failed 1 in ~10
+    #    two-process runs.
+    save_final(trainer, tokenizer, training_args.output_dir, model_args.lora, base=checkpoint,
+               generation_config=DiffusionGenerationConfig(gen_length=training_args.gen_length))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return trainer

@@ -1,9 +1,10 @@
 """The demo: its budget-clock learning-rate schedule, its encoder, its start-up checks, and the whole run with a
-few training steps (it trains, saves a reloadable checkpoint and a loss plot, and ends with the exact-match
-line)."""
+few training steps (it trains, saves a reloadable checkpoint, its sampler settings and a loss plot, and ends with
+the exact-match line)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import time
@@ -12,6 +13,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
+from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig
 from dllm.demo.run import CharChatEncoder, WallClockBudget, main, on_budget_clock
 
 
@@ -100,3 +102,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert type(model).__name__ == "Llama3ForMaskedLM" and model.config.is_causal is False
     assert tokenizer.mask_token_id == 4
+    # the sampler defaults every verb starts from: the 7-token canvas (6 + EOS), filled one token per step (every
+    # setting written, steps as null)
+    assert DiffusionGenerationConfig.from_pretrained(out) == DiffusionGenerationConfig(gen_length=7)
+    saved = json.loads((out / GENERATION_CONFIG_NAME).read_text())
+    assert saved["gen_length"] == 7 and "steps" in saved and saved["steps"] is None

@@ -1,8 +1,16 @@
 """``dllm chat`` the way a person uses it: typed into a real terminal (tmux) on the tiny checkpoint, asserting on
-what the screen shows; and piped, answers only. Answers must be the sampler's own for the same conversation."""
+what the screen shows (the tokens each step committed highlighted); and piped, answers only. Answers must be the
+sampler's own for the same conversation.
+
+The tiny checkpoint's weights are random: its answers are gibberish, but the chat shows, highlights and remembers
+them exactly as it would a trained model's, offline and in seconds. With ``DLLM_WRITE_SCREENSHOTS=1`` one more test
+drives the trained demo checkpoint (``DLLM_SCREENSHOT_CHECKPOINT``, else ``outputs/demo``) with the demo's prompts
+and writes the README's ``docs/images/chat.svg`` from the terminal's screen.
+"""
 
 from __future__ import annotations
 
+import io
 import shlex
 import shutil
 import subprocess
@@ -20,6 +28,7 @@ from dllm.inference.engine import encode_chats
 from dllm.inference.loading import CheckpointArguments, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux to drive a real terminal")
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +66,23 @@ def test_piped_chat_prints_only_the_answers(tiny_checkpoint, loaded):
 
 
 class Terminal:
-    """A tmux session of 120x40 running one command."""
+    """A tmux session of ``width`` x 40 running one command."""
 
-    def __init__(self, name: str, command: str):
-        self.name = name
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", command], check=True)
+    def __init__(self, name: str, command: str, width: int = 120):
+        self.name, self.width = name, width
+        # the pane's shell may export its first size (80 x 24, before tmux applies -x/-y) as COLUMNS and LINES,
+        # which rich would take over the terminal's real size
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y", "40",
+                        f"unset COLUMNS LINES; {command}"], check=True)
 
     def type(self, text: str) -> None:
         subprocess.run(["tmux", "send-keys", "-t", self.name, "-l", text], check=True)
         subprocess.run(["tmux", "send-keys", "-t", self.name, "Enter"], check=True)
 
-    def screen(self) -> str:
-        return subprocess.run(["tmux", "capture-pane", "-pt", self.name, "-S", "-200"], capture_output=True,
-                              text=True, check=True).stdout
+    def screen(self, ansi: bool = False) -> str:
+        """The screen and its scrollback as text; ``ansi``: with the colours and attributes as SGR sequences."""
+        return subprocess.run(["tmux", "capture-pane", *(["-e"] if ansi else []), "-pt", self.name, "-S", "-200"],
+                              capture_output=True, text=True, check=True).stdout
 
     def wait_for(self, predicate, timeout: float = 180) -> str:
         deadline = time.monotonic() + timeout
@@ -86,7 +99,21 @@ def answers_on(screen: str) -> list[str]:
     return [line.removeprefix("dllm> ").rstrip() for line in screen.splitlines() if line.startswith("dllm> ")]
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux to drive a real terminal")
+def highlighted(ansi_screen: str) -> list[str]:
+    """Per step line of a ``tmux capture-pane -e`` screen, the characters drawn on the highlight background (rich
+    decodes the SGR sequences: only parameter 42 gives standard colour 2, green, as background)."""
+    from rich.text import Text
+
+    found = []
+    for line in ansi_screen.splitlines():
+        text = Text.from_ansi(line)
+        if text.plain.startswith("step "):
+            found.append("".join(text.plain[span.start:span.end] for span in text.spans
+                                 if span.style.bgcolor is not None and span.style.bgcolor.number == 2))
+    return found
+
+
+@needs_tmux
 def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_checkpoint, loaded, tmp_path):
     config = replace(loaded.generation_config, steps=4)
     first = generate_text(loaded.model, loaded.tokenizer, ["hello"], config)[0]
@@ -110,6 +137,8 @@ def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_ch
         assert "conversation cleared" in screen
         steps = [line for line in screen.splitlines() if line.startswith("step ")]
         assert len(steps) >= 3 * 2 and MASK_GLYPH in steps[0]  # each answer drawn step by step, masks first
+        # the tokens the latest step committed are highlighted: 8 positions over 4 steps, 2 on each step line
+        assert [len(chars) for chars in highlighted(terminal.screen(ansi=True))] == [2] * len(steps)
         terminal.type("/settings steps=2 threshold=0.5")
         screen = terminal.wait_for(lambda s: "threshold=0.5" in s)
         assert "steps=2" in screen
@@ -119,6 +148,40 @@ def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_ch
         (tmp_path / "chat-screen.txt").write_text(screen, encoding="utf-8")
     finally:
         terminal.close()
+
+
+@needs_tmux
+def test_chat_screenshot_on_the_demo_checkpoint(screenshot_checkpoint, tmp_path):
+    """``DLLM_WRITE_SCREENSHOTS=1``: the README's ``docs/images/chat.svg``, the trained demo checkpoint answering the
+    demo's prompts in a terminal (one token per step, then blocks of 4), as tmux shows it, colours included."""
+    from rich.console import Console
+    from rich.text import Text
+
+    loaded = load_checkpoint(str(screenshot_checkpoint), CheckpointArguments(device="cpu"))
+    blocks = replace(loaded.generation_config, steps=4, block_size=4)
+    expected = [generate_text(loaded.model, loaded.tokenizer, ["sort 8213"], loaded.generation_config)[0],
+                generate_text(loaded.model, loaded.tokenizer, ["add 12+34"], blocks)[0]]
+    assert expected == ["1238", "64"]  # a screenshot shows right answers (sums are written lowest digit first)
+    command = shlex.join([sys.executable, "-m", "dllm.cli", "chat", str(screenshot_checkpoint), "--device", "cpu",
+                          "--step_delay", "0", "--show_steps", "True"])
+    terminal = Terminal(f"dllm-shot-{tmp_path.name}", f"cd {shlex.quote(str(ROOT))} && {command}; sleep 600")
+    try:
+        terminal.wait_for(lambda s: "you>" in s)
+        for turn, count in (("sort 8213", 1), ("/reset", 1), ("/settings block_size=4 steps=4", 1),
+                            ("add 12+34", 2)):
+            terminal.type(turn)
+            screen = terminal.wait_for(lambda s: len(answers_on(s)) == count and s.rstrip().endswith("you>"))
+        assert answers_on(screen) == expected and "/image PATH" in " ".join(screen.split())
+        ansi = terminal.screen(ansi=True)
+        drawn = highlighted(ansi)
+        assert [len(chars) for chars in drawn[:7]] == [1] * 7 and all(drawn)  # one token per step, then blocks
+    finally:
+        terminal.close()
+    lines = ansi.rstrip().splitlines()
+    start = next(i for i, line in enumerate(lines) if Text.from_ansi(line).plain.startswith("dllm chat with "))
+    console = Console(record=True, width=terminal.width, file=io.StringIO())
+    console.print(Text.from_ansi("\n".join(lines[start:])))  # from the greeting (not the weights' loading bar)
+    console.save_svg(str(ROOT / "docs" / "images" / "chat.svg"), title="dllm chat")
 
 
 def image_conversation_answer(loaded, messages: list[dict], config: DiffusionGenerationConfig) -> str:

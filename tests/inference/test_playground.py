@@ -1,13 +1,22 @@
 """``dllm playground``: its handler without gradio (answers about an image, refusals), and in a real headless browser
 (Debian's chromium driven by playwright): submit a prompt, watch the canvas, and get the sampler's own answer. The
-browser tests skip unless gradio, playwright and chromium are installed (``make test-browser`` installs them)."""
+browser tests skip unless gradio, playwright and chromium are installed (``make test-browser`` installs them).
+
+The tiny checkpoints' weights are random: their answers are gibberish, but the page shows, colours and charts them
+exactly as it would a trained model's, offline and in seconds. With ``DLLM_WRITE_SCREENSHOTS=1`` one more browser
+test asks the trained demo checkpoint (``DLLM_SCREENSHOT_CHECKPOINT``, else ``outputs/demo``) the demo's prompt and
+writes the README's ``docs/images/playground.png``.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +26,7 @@ from dllm.inference.loading import CheckpointArguments, load_checkpoint
 from dllm.inference.playground import Playground, _plot, canvas_html, step_colour
 from tests.helpers import noise_image
 
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"]
@@ -98,46 +108,84 @@ def browser():
         browser.close()
 
 
-def test_playground_in_a_browser_answers_like_the_sampler(browser, tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+@contextmanager
+def served_page(browser, loaded) -> Iterator:
+    """A browser page (1200 x 900) showing the playground of ``loaded``, served until the block ends."""
     from dllm.inference.playground import build_app
 
-    loaded = load_checkpoint(str(tiny_checkpoint), CheckpointArguments(device="cpu"))
-    expected = generate_text(loaded.model, loaded.tokenizer, ["hello"],
-                             replace(loaded.generation_config, steps=4, block_size=4))[0]
-    default = generate_text(loaded.model, loaded.tokenizer, ["hello"], loaded.generation_config)[0]
-    assert expected.strip() and expected != default  # premise: the page's settings reach the sampler
     port = free_port()
     page_app = build_app(loaded)
     page_app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/")
-        page.locator("#steps input[type=number]").fill("4")
-        page.locator("#block input[type=number]").fill("4")
-        page.locator("#block input[type=number]").press("Enter")
-        page.locator("#prompt textarea").fill("hello")
-        page.locator("#generate").click()
-        page.wait_for_function("document.querySelector('#answer textarea')?.value.length > 0", timeout=120_000)
-        assert page.locator("#answer textarea").input_value() == expected
-        steps = page.locator("#canvas-view .committed").evaluate_all("spans => spans.map(s => s.dataset.step)")
-        assert sorted(set(steps)) == ["1", "2", "3", "4"]  # 8 positions, 4 steps: coloured by their step
-        # the bar chart draws one bar per step (vega's SVG), in step order, as tall as the tokens it committed
-        page.wait_for_function("document.querySelectorAll('#plot g.mark-rect path').length === 4", timeout=30_000)
-        bars = page.locator("#plot g.mark-rect path").evaluate_all(
-            "bars => bars.map(b => [b.getAttribute('aria-label'), b.getBBox().height])")
-        assert [label for label, _ in bars] == [
-            f"step: #{step}; tokens committed: {steps.count(str(step))}" for step in range(1, 5)]
-        assert all(height > 0 for _, height in bars)
-        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
-        assert (tmp_path / "playground.png").stat().st_size > 10_000
+        yield page
     finally:
         page_app.close()
 
 
+def ask(page, prompt: str) -> str:
+    """Type ``prompt``, press Generate, and return the answer the page shows once done."""
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
+    page.wait_for_function("document.querySelector('#answer textarea')?.value.length > 0", timeout=120_000)
+    return page.locator("#answer textarea").input_value()
+
+
+def step_colours_and_bars(page, steps: int) -> tuple[list[str], list[tuple[str, float]]]:
+    """The step (``"1"``...) that coloured each committed token of the canvas, and once the bar chart has ``steps``
+    bars (vega's SVG), each bar's label and height."""
+    coloured = page.locator("#canvas-view .committed").evaluate_all("spans => spans.map(s => s.dataset.step)")
+    page.wait_for_function(f"document.querySelectorAll('#plot g.mark-rect path').length === {steps}",
+                           timeout=30_000)
+    bars = page.locator("#plot g.mark-rect path").evaluate_all(
+        "bars => bars.map(b => [b.getAttribute('aria-label'), b.getBBox().height])")
+    return coloured, [tuple(bar) for bar in bars]
+
+
+def check_chart(coloured: list[str], bars: list[tuple[str, float]], steps: int) -> None:
+    """One bar per step, in step order, as tall as the tokens that step committed (coloured by it on the canvas)."""
+    assert sorted(set(coloured), key=int) == [str(step) for step in range(1, steps + 1)]
+    assert [label for label, _ in bars] == [
+        f"step: #{step}; tokens committed: {coloured.count(str(step))}" for step in range(1, steps + 1)]
+    assert all(height > 0 for _, height in bars)
+
+
+def test_playground_in_a_browser_answers_like_the_sampler(browser, tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    loaded = load_checkpoint(str(tiny_checkpoint), CheckpointArguments(device="cpu"))
+    expected = generate_text(loaded.model, loaded.tokenizer, ["hello"],
+                             replace(loaded.generation_config, steps=4, block_size=4))[0]
+    default = generate_text(loaded.model, loaded.tokenizer, ["hello"], loaded.generation_config)[0]
+    assert expected.strip() and expected != default  # premise: the page's settings reach the sampler
+    with served_page(browser, loaded) as page:
+        page.locator("#steps input[type=number]").fill("4")
+        page.locator("#block input[type=number]").fill("4")
+        page.locator("#block input[type=number]").press("Enter")
+        assert ask(page, "hello") == expected
+        coloured, bars = step_colours_and_bars(page, 4)
+        assert len(coloured) == 8  # 8 positions, 4 steps: each coloured by its step
+        check_chart(coloured, bars, 4)
+        page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+def test_playground_screenshot_on_the_demo_checkpoint(browser, screenshot_checkpoint, monkeypatch):
+    """``DLLM_WRITE_SCREENSHOTS=1``: the README's ``docs/images/playground.png``, the trained demo checkpoint
+    answering the demo's prompt with its saved settings (one token per step, each coloured by its step)."""
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    loaded = load_checkpoint(str(screenshot_checkpoint), CheckpointArguments(device="cpu"))
+    expected = generate_text(loaded.model, loaded.tokenizer, ["sort 8213"], loaded.generation_config)[0]
+    assert expected == "1238"  # a screenshot shows a right answer
+    steps = loaded.generation_config.steps or loaded.generation_config.gen_length
+    with served_page(browser, loaded) as page:
+        assert ask(page, "sort 8213") == expected
+        check_chart(*step_colours_and_bars(page, steps), steps)
+        page.screenshot(path=str(ROOT / "docs" / "images" / "playground.png"), full_page=True)
+
+
 def test_playground_in_a_browser_answers_about_an_uploaded_image(browser, tiny_vl_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    from dllm.inference.playground import build_app
     from dllm.pipelines.qwen3_vl.generation import answer_image_question
 
     loaded = load_checkpoint(str(tiny_vl_checkpoint), CheckpointArguments(device="cpu"))
@@ -145,18 +193,8 @@ def test_playground_in_a_browser_answers_about_an_uploaded_image(browser, tiny_v
     expected = answer_image_question(loaded.model, loaded.image_processor(), noise_image(6), "What is it?",
                                      loaded.generation_config)
     assert expected != generate_text(loaded.model, loaded.tokenizer, ["What is it?"], loaded.generation_config)[0]
-    port = free_port()
-    page_app = build_app(loaded)
-    page_app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.goto(f"http://127.0.0.1:{port}/")
+    with served_page(browser, loaded) as page:
         page.locator("#image input[type=file]").set_input_files(str(tmp_path / "upload.png"))
         page.wait_for_selector("#image img", timeout=30_000)  # the upload is shown before it is sent
-        page.locator("#prompt textarea").fill("What is it?")
-        page.locator("#generate").click()
-        page.wait_for_function("document.querySelector('#answer textarea')?.value.length > 0", timeout=120_000)
-        assert page.locator("#answer textarea").input_value() == expected
+        assert ask(page, "What is it?") == expected
         page.screenshot(path=str(tmp_path / "playground-image.png"), full_page=True)
-    finally:
-        page_app.close()

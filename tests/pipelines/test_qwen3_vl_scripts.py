@@ -41,7 +41,7 @@ def test_example_sft_trains_and_saves_a_loadable_checkpoint(tmp_path, lora):
     out = tmp_path / "out"
     flags = ["--model_name_or_path", str(base), "--dataset_args", f"{data}", "--output_dir", str(out),
              "--lora", lora, "--max_steps", "2", "--per_device_train_batch_size", "2", "--use_cpu", "True",
-             "--report_to", "none", "--save_strategy", "no", "--dtype", "float32", "--r", "4"]
+             "--report_to", "none", "--save_strategy", "no", "--dtype", "float32", "--r", "4", "--gen_length", "16"]
     if lora == "True":  # the example runs `dllm sft qwen3_vl` (one-line errors)
         assert module.main(["sft", "qwen3_vl", *flags]) == 0
     else:  # `dllm sft --model_name_or_path` picks the Qwen3-VL recipe from the checkpoint's model_type
@@ -51,3 +51,9 @@ def test_example_sft_trains_and_saves_a_loadable_checkpoint(tmp_path, lora):
     loaded = AutoModelForMaskedDiffusion.from_pretrained(str(out))
     reprocessor = AutoProcessor.from_pretrained(out)
     assert loaded.config.text_config.mask_token_id == reprocessor.tokenizer.mask_token_id is not None
+    # the sampler defaults every verb starts from go with the checkpoint (and with the adapter under LoRA)
+    from dllm.core.sampling import DiffusionGenerationConfig
+
+    assert DiffusionGenerationConfig.from_pretrained(out) == DiffusionGenerationConfig(gen_length=16)
+    if lora == "True":
+        assert DiffusionGenerationConfig.from_pretrained(out / "adapter") == DiffusionGenerationConfig(gen_length=16)

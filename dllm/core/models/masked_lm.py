@@ -57,7 +57,10 @@ _PLAIN_HEAD_CLASSES = frozenset({"LlamaForCausalLM", "Gemma2ForCausalLM", "Qwen3
 
 
 def _head_is_plain(cls: type) -> bool:
-    return any(c.__name__ in _PLAIN_HEAD_CLASSES and c.__module__.startswith("transformers.") for c in cls.__mro__)
+    # The forward the mixin wraps must be the plain class's own: a subclass that overrides it (a checkpoint's own
+    # code, trust_remote_code) may do more than lm_head.
+    causal = next(c for c in cls.__mro__ if "forward" in vars(c) and not issubclass(c, BidirectionalMaskedLMMixin))
+    return causal.__name__ in _PLAIN_HEAD_CLASSES and causal.__module__.startswith("transformers.")
 
 
 class BidirectionalMaskedLMMixin:

@@ -8,10 +8,11 @@ import logging
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoProcessor, HfArgumentParser, set_seed
+from transformers import HfArgumentParser, set_seed
 
-from dllm.auto import FAMILIES, load_config
+from dllm.auto import FAMILIES, load_config, load_processor
 from dllm.core.models.masked_lm import add_mask_token
+from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.data import load_sft_dataset
 from dllm.errors import UsageError
 from dllm.pipelines.qwen3_vl import Qwen3VLForMaskedLM
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> Qwen3VLTrainer:
 
     # 2. Processor and model (bidirectional, vision frozen, a mask token). Seeded: a new mask-token row is random.
     set_seed(training_args.seed)
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    kwargs = {"dtype": model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)}
+    processor = load_processor(checkpoint, model_args.trust_remote_code)
+    kwargs = {"dtype": model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype),
+              "trust_remote_code": model_args.trust_remote_code}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     model = Qwen3VLForMaskedLM.from_pretrained(checkpoint, freeze_vision=model_args.freeze_vision,
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> Qwen3VLTrainer:
                        data_args.max_seq_length)
 
     # 4. Save a checkpoint Qwen3VLForMaskedLM / AutoModelForMaskedDiffusion and AutoProcessor load back.
-    save_final(trainer, processor, training_args.output_dir, model_args.lora, base=checkpoint)
+    save_final(trainer, processor, training_args.output_dir, model_args.lora, base=checkpoint,
+               generation_config=DiffusionGenerationConfig(gen_length=training_args.gen_length))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return trainer
