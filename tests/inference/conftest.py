@@ -33,6 +33,20 @@ def tiny_vl_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def short_demo_checkpoint(tmp_path_factory):
+    """What ``dllm demo`` writes (its recipe, character tokenizer, chat template and saved sampler settings), from a
+    run of 300 steps at a tiny size (seconds): the checkpoint the interfaces are promised to serve with no flags.
+    Its answers are non-empty but mostly wrong, so tests compare them with the sampler's, not with the task's."""
+    from dllm.demo.run import main as demo_main
+
+    out = tmp_path_factory.mktemp("checkpoints") / "demo"
+    demo_main(["--output_dir", str(out), "--max_steps", "300", "--train_minutes", "5", "--num_eval_per_task", "2",
+               "--num_hidden_layers", "2", "--hidden_size", "32", "--intermediate_size", "64",
+               "--per_device_train_batch_size", "8", "--logging_steps", "300", "--no_plot"])
+    return out
+
+
+@pytest.fixture(scope="session")
 def screenshot_checkpoint() -> Path:
     """The trained demo checkpoint the README's screenshots (docs/images) show: ``DLLM_SCREENSHOT_CHECKPOINT``, else
     ``outputs/demo`` (what ``make demo`` writes). The tests that use it write their screenshot, and run at all, only

@@ -151,6 +151,33 @@ def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_ch
 
 
 @needs_tmux
+def test_chat_on_a_demo_checkpoint_uses_its_saved_settings(short_demo_checkpoint, tmp_path):
+    """``dllm chat outputs/demo`` with no sampler flag: the saved 7-token canvas, filled one token per step (each step
+    line highlights exactly one new token), and the screen shows the sampler's answers to two demo prompts."""
+    loaded = load_checkpoint(str(short_demo_checkpoint), CheckpointArguments(device="cpu"))
+    assert (loaded.generation_config.gen_length, loaded.generation_config.steps) == (7, None)
+    prompts = ["sort 8213", "reverse abc"]
+    expected = [conversation_answer(loaded, [{"role": "user", "content": p}], loaded.generation_config).rstrip()
+                for p in prompts]
+    assert all(expected) and "\n" not in "".join(expected)  # premise: answers a screen line can show
+    command = shlex.join([sys.executable, "-m", "dllm.cli", "chat", str(short_demo_checkpoint), "--device", "cpu",
+                          "--step_delay", "0", "--show_steps", "True"])  # display flags only
+    terminal = Terminal(f"dllm-demo-chat-{tmp_path.name}", f"cd {shlex.quote(str(ROOT))} && {command}; sleep 600")
+    try:
+        terminal.wait_for(lambda s: "you>" in s)
+        for count, prompt in enumerate(prompts, start=1):
+            terminal.type(prompt)
+            screen = terminal.wait_for(lambda s: len(answers_on(s)) == count and s.rstrip().endswith("you>"))
+            terminal.type("/reset")  # each prompt as a first turn, as the sampler answered it
+            terminal.wait_for(lambda s: s.count("conversation cleared") == count)
+        assert answers_on(screen) == expected
+        drawn = highlighted(terminal.screen(ansi=True))
+        assert 2 <= len(drawn) <= 2 * 7 and [len(chars) for chars in drawn] == [1] * len(drawn)
+    finally:
+        terminal.close()
+
+
+@needs_tmux
 def test_chat_screenshot_on_the_demo_checkpoint(screenshot_checkpoint, tmp_path):
     """``DLLM_WRITE_SCREENSHOTS=1``: the README's ``docs/images/chat.svg``, the trained demo checkpoint answering the
     demo's prompts in a terminal (one token per step, then blocks of 4), as tmux shows it, colours included."""

@@ -158,3 +158,20 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
     calls = server.serving.engine.sampler_calls - calls_before
     assert [r.choices[0].message.content for r in responses] == alone
     assert 2 <= calls < 32, calls  # two answer lengths never share a call; the rest did share
+
+
+def test_a_demo_checkpoint_is_served_with_its_saved_settings(short_demo_checkpoint):
+    """What ``dllm demo`` writes, served with no sampler flags and asked with no sampler fields: the model is named
+    after the folder (``demo``) and each answer is the sampler's under the saved settings (7 positions, one token
+    per step)."""
+    loaded = load_checkpoint(str(short_demo_checkpoint), CheckpointArguments(device="cpu"))
+    assert (loaded.generation_config.gen_length, loaded.generation_config.steps) == (7, None)
+    app = create_app(loaded, ServeArguments())
+    with served(app) as url, httpx.Client(trust_env=False, timeout=120) as http:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, http_client=http)
+        server = SimpleNamespace(loaded=loaded)
+        for prompt in ("sort 8213", "reverse abc", "add 12+34"):
+            response = client.chat.completions.create(model="demo", messages=[{"role": "user", "content": prompt}])
+            text, count = expected(server, prompt)
+            assert text and response.choices[0].message.content == text
+            assert response.usage.completion_tokens == count <= 7
