@@ -1,6 +1,7 @@
 # `make demo` and `make test` do all set-up on a fresh machine: a virtual environment in .venv, torch first
-# (override TORCH_SPEC for another build), then dllm with its dev and serve extras (the
-# OpenAI-compatible server is tested with the real openai client).
+# (override TORCH_SPEC for another build), then dllm with its dev, serve and web extras (the
+# OpenAI-compatible server is tested with the real openai client, the playground's handlers with gradio; its
+# page in a real browser by `make test-browser`).
 PYTHON ?= python3
 VENV ?= .venv
 # torch with the torchvision that Qwen3-VL's image processor needs; this pair installs from the local disk here.
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[dev,serve]"
+	$(PY) -m pip install --quiet -e ".[dev,serve,web]"
 	touch $(STAMP)
 
 install: $(STAMP)
