@@ -3,7 +3,9 @@
 browser tests skip unless gradio, playwright and chromium are installed (``make test-browser`` installs them).
 
 The tiny checkpoints' weights are random: their answers are gibberish, but the page shows, colours and charts them
-exactly as it would a trained model's, offline and in seconds. With ``DLLM_WRITE_SCREENSHOTS=1`` one more browser
+exactly as it would a trained model's, offline and in seconds. One browser test serves what ``dllm demo`` writes (a
+short run) with no settings changed: the demo prompt gets the sampler's answer under the saved settings. With
+``DLLM_WRITE_SCREENSHOTS=1`` one more browser
 test asks the trained demo checkpoint (``DLLM_SCREENSHOT_CHECKPOINT``, else ``outputs/demo``) the demo's prompt and
 writes the README's ``docs/images/playground.png``.
 """
@@ -170,18 +172,34 @@ def test_playground_in_a_browser_answers_like_the_sampler(browser, tiny_checkpoi
         assert (tmp_path / "playground.png").stat().st_size > 10_000
 
 
+def ask_the_demo_prompt(browser, checkpoint: Path, screenshot: Path, answer: str | None = None) -> None:
+    """A ``dllm demo`` checkpoint's page with its saved settings (no change on the page): the demo prompt gets the
+    sampler's answer (``answer`` when given), each of its 7 positions coloured by the one step that committed it."""
+    loaded = load_checkpoint(str(checkpoint), CheckpointArguments(device="cpu"))
+    assert (loaded.generation_config.gen_length, loaded.generation_config.steps) == (7, None)
+    expected = generate_text(loaded.model, loaded.tokenizer, ["sort 8213"], loaded.generation_config)[0]
+    assert expected and expected == (answer or expected)
+    with served_page(browser, loaded) as page:
+        assert ask(page, "sort 8213") == expected
+        coloured, bars = step_colours_and_bars(page, 7)
+        assert len(coloured) == 7  # one token per step
+        check_chart(coloured, bars, 7)
+        page.screenshot(path=str(screenshot), full_page=True)
+
+
+def test_playground_on_a_demo_checkpoint_uses_its_saved_settings(browser, short_demo_checkpoint, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    ask_the_demo_prompt(browser, short_demo_checkpoint, tmp_path / "playground-demo.png")
+    assert (tmp_path / "playground-demo.png").stat().st_size > 10_000
+
+
 def test_playground_screenshot_on_the_demo_checkpoint(browser, screenshot_checkpoint, monkeypatch):
     """``DLLM_WRITE_SCREENSHOTS=1``: the README's ``docs/images/playground.png``, the trained demo checkpoint
     answering the demo's prompt with its saved settings (one token per step, each coloured by its step)."""
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    loaded = load_checkpoint(str(screenshot_checkpoint), CheckpointArguments(device="cpu"))
-    expected = generate_text(loaded.model, loaded.tokenizer, ["sort 8213"], loaded.generation_config)[0]
-    assert expected == "1238"  # a screenshot shows a right answer
-    steps = loaded.generation_config.steps or loaded.generation_config.gen_length
-    with served_page(browser, loaded) as page:
-        assert ask(page, "sort 8213") == expected
-        check_chart(*step_colours_and_bars(page, steps), steps)
-        page.screenshot(path=str(ROOT / "docs" / "images" / "playground.png"), full_page=True)
+    ask_the_demo_prompt(browser, screenshot_checkpoint, ROOT / "docs" / "images" / "playground.png",
+                        answer="1238")  # a screenshot shows a right answer
 
 
 def test_playground_in_a_browser_answers_about_an_uploaded_image(browser, tiny_vl_checkpoint, tmp_path, monkeypatch):
