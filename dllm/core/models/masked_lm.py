@@ -9,6 +9,7 @@ so we clear it as well. No modeling file is copied: weights, kernels and PEFT su
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +57,7 @@ def is_bidirectional(model: PreTrainedModel) -> bool:
 _PLAIN_HEAD_CLASSES = frozenset({"LlamaForCausalLM", "Gemma2ForCausalLM", "Qwen3VLForConditionalGeneration"})
 
 
+@functools.cache  # read on every training forward; a class's answer never changes
 def _head_is_plain(cls: type) -> bool:
     # The forward the mixin wraps must be the plain class's own: a subclass that overrides it (a checkpoint's own
     # code, trust_remote_code) may do more than lm_head.
