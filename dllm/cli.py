@@ -113,8 +113,17 @@ def _merge_lora(rest: list[str]) -> None:
     merge_main(rest)
 
 
-COMMANDS = {"sft": _sft, "demo": _demo, "demo-vl": _demo_vl, "sample": _sample, "eval": _eval, "serve": _serve,
-            "chat": _chat, "playground": _playground, "merge-lora": _merge_lora}
+COMMANDS = {
+    "sft": _sft,
+    "demo": _demo,
+    "demo-vl": _demo_vl,
+    "sample": _sample,
+    "eval": _eval,
+    "serve": _serve,
+    "chat": _chat,
+    "playground": _playground,
+    "merge-lora": _merge_lora,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
