@@ -98,7 +98,11 @@ def test_a_packed_documents_logits_equal_its_logits_alone(family, attention):
         leaky = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits  # no document mask
         for (row, start, n), doc in zip(SPANS, docs):
             alone = model(input_ids=torch.tensor([doc["input_ids"]])).logits[0]  # [n, V]
-            torch.testing.assert_close(packed[row, start:start + n], alone, rtol=1e-9, atol=1e-9)
+            # Double precision, except transformers' eager attention takes its softmax in float32
+            # (eager_attention_forward, softmax(..., dtype=torch.float32)): rows of other lengths round differently
+            # there (seen: 2.6e-8 on an AMD EPYC), far below what a leaking mask changes (checked below).
+            tolerance = 1e-6 if attention == "eager" else 1e-9
+            torch.testing.assert_close(packed[row, start:start + n], alone, rtol=tolerance, atol=tolerance)
         # Without document_ids the documents see each other: the test above would catch a mask that leaks.
         assert not torch.allclose(leaky[0, :7], packed[0, :7])
 
