@@ -46,10 +46,10 @@ commands:
 
 
 def _sft(rest: list[str]) -> None:
-    from dllm.sft.recipe import main as sft_main
+    from dllm.sft.recipe import run
 
     family = rest[0] if rest and not rest[0].startswith("-") else None
-    sft_main(family, rest[1:] if family is not None else rest)
+    run(family, rest[1:] if family is not None else rest)
 
 
 def _demo(rest: list[str]) -> None:

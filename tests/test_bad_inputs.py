@@ -268,6 +268,9 @@ def test_tokenizer_without_chat_template_is_refused_at_start(base):
           "be told from that text; choose a string that is not in the vocabulary (default '<|mdm_mask|>') or a "
           "reserved special token"),
     ("", "--mask_token must be a non-empty string (default '<|mdm_mask|>'), got ''"),
+    ("hello", "{base}: --mask_token 'hello' is ordinary text, which the tokenizer would then encode as the mask "
+              "token wherever the data contains it; use markup that text does not hold (default '<|mdm_mask|>') "
+              "or a reserved special token"),
 ])
 def test_mask_token_that_cannot_be_added(base, char_tokenizer, mask_token, expected):
     """No room for a mask token: the tokenizer has none and the one asked for is an ordinary token already."""

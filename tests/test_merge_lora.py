@@ -17,7 +17,7 @@ from dllm.core.models import is_bidirectional
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.errors import UsageError
 from dllm.sft.merge import merge_lora
-from dllm.sft.recipe import main as sft_main
+from dllm.sft.recipe import run as sft_main
 from dllm.sft.recipe import save_final
 from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, tiny_llama_config
 

@@ -235,9 +235,14 @@ def test_the_collator_batches_packs_and_refuses_eos_padding():
         SFTDataCollator(tokenizer, train_on_eos_padding=True)(list(packed))
 
 
-def test_qwen3_vl_recipe_refuses_packing():
-    from dllm.errors import UsageError
-    from dllm.pipelines.qwen3_vl.recipe import main
+def test_qwen3_vl_recipe_refuses_packing(tmp_path):
+    from transformers import Qwen3VLConfig
 
-    with pytest.raises(UsageError, match="--packing is for text models"):
-        main(["--packing", "True", "--output_dir", "unused", "--report_to", "none"])
+    from dllm.errors import UsageError
+    from dllm.sft.config import DataArguments, ModelArguments, SFTConfig
+    from dllm.sft.recipe import main
+
+    # The family's hooks come from the checkpoint's config (Qwen3-VL here); refused before any data or weights load.
+    with pytest.raises(UsageError, match="--packing is for text models: qwen3_vl rows"):
+        main(ModelArguments(model_name_or_path="Qwen/Qwen3-VL-2B-Instruct"), DataArguments(packing=True),
+             SFTConfig(output_dir=str(tmp_path), report_to="none"), model_config=Qwen3VLConfig())
