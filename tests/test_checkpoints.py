@@ -114,8 +114,8 @@ def test_an_output_dir_that_is_or_holds_the_model_is_refused(tmp_path, relation)
     out = model if relation == "is" else tmp_path / "run"
     with pytest.raises(UsageError) as info:
         check_output_dir(str(out), ["org/hub-model", str(model)])
-    expected = {"is": f"--output_dir {out}: is the model being read ({model}); saving there would overwrite it, so "
-                      "it is refused whatever --overwrite_output_dir says; choose another folder",
+    expected = {"is": f"--output_dir {out}: is the model being read ({model}); saving there would overwrite it "
+                      "(refused even with overwrite); choose another folder",
                 "holds": f"--output_dir {out}: holds the model being read ({model}), which saving or checkpoint "
                          "rotation could overwrite or delete; choose a folder outside it"}
     assert str(info.value) == expected[relation]

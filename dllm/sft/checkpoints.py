@@ -111,22 +111,27 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     return str(path)
 
 
+def _named(flag: str, path: str | Path) -> str:
+    """``--output_dir PATH`` in messages; the path alone for a positional argument (``flag=""``)."""
+    return f"{flag} {path}" if flag else str(path)
+
+
 def check_writable(folder: str | Path, flag: str = "--output_dir") -> None:
     """Refuse a folder that cannot be written (a file in its place, or the nearest existing parent refuses a new
     file), before any work whose result would then be lost. Creates nothing that stays."""
     path = Path(folder).expanduser()
     if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {folder}: exists and is not a folder")
+        raise UsageError(f"{_named(flag, folder)}: exists and is not a folder")
     existing = path.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"{flag} {folder}: {existing} is a file, not a folder")
+        raise UsageError(f"{_named(flag, folder)}: {existing} is a file, not a folder")
     try:
         with tempfile.NamedTemporaryFile(dir=existing, prefix=".dllm-write-test-"):
             pass
     except OSError as err:
-        raise UsageError(f"{flag} {folder}: cannot write in {existing} ({err.strerror or err})") from err
+        raise UsageError(f"{_named(flag, folder)}: cannot write in {existing} ({err.strerror or err})") from err
 
 
 def refuse_model_folders(output_dir: str | Path, model_paths: Sequence[str | Path], flag: str = "--output_dir") -> None:
@@ -138,25 +143,25 @@ def refuse_model_folders(output_dir: str | Path, model_paths: Sequence[str | Pat
         if not model_path.exists():
             continue
         if model_path.resolve() == out:
-            raise UsageError(f"{flag} {output_dir}: is the model being read ({model}); saving there would overwrite "
-                             "it, so it is refused whatever --overwrite_output_dir says; choose another folder")
+            raise UsageError(f"{_named(flag, output_dir)}: is the model being read ({model}); saving there would "
+                             "overwrite it (refused even with overwrite); choose another folder")
         if out in model_path.resolve().parents:
-            raise UsageError(f"{flag} {output_dir}: holds the model being read ({model}), which saving or "
+            raise UsageError(f"{_named(flag, output_dir)}: holds the model being read ({model}), which saving or "
                              "checkpoint rotation could overwrite or delete; choose a folder outside it")
 
 
 def check_output_dir(output_dir: str, model_paths: Sequence[str | Path], *,
                      resume_from_checkpoint: str | None = None) -> None:
-    """Check a training run's ``--output_dir`` before any work: writable (:func:`check_writable`), not a model
-    being read (:func:`refuse_model_folders`), whatever ``overwrite_output_dir`` says; and warn when it already
+    """Check a training run's ``--output_dir`` before any work: not a model being read
+    (:func:`refuse_model_folders`), writable (:func:`check_writable`), whatever ``overwrite_output_dir`` says; and warn when it already
     holds another run's ``checkpoint-N`` folders (a new run, not resuming: its checkpoints of the same steps would
     replace them, and ``--resume_from_checkpoint True`` would later pick up whichever is newest).
 
     Raises:
         UsageError: an unwritable folder, or one that is or holds a model in ``model_paths``.
     """
+    refuse_model_folders(output_dir, model_paths)  # first: the write test must not touch a model's folder
     check_writable(output_dir)
-    refuse_model_folders(output_dir, model_paths)
     found = checkpoint_folders(output_dir)
     if found and resume_from_checkpoint is None:
         names = ", ".join(p.name for p in found[-3:])
