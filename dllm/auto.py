@@ -47,19 +47,73 @@ def _remote_code_error(name_or_path: str, err: ValueError) -> UsageError | Value
                       "unless asked; review that code, then pass --trust_remote_code True")
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why no TCP connection opens to the Hub endpoint (``HF_ENDPOINT``), or to the HTTPS proxy in front of it; None
+    when one does. A DNS failure answers at once, a dropped connection after ``timeout`` seconds."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    target = urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((target.hostname, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{target.hostname}:{port}: {err.strerror or err}"
+
+
+def check_hub(repo_id: str) -> None:
+    """Refuse at once a hub id the Hub cannot serve now, where transformers would retry each file for about 30 s
+    and then say the model does not exist: offline mode (``HF_HUB_OFFLINE=1``) without a cached copy, or a Hub that
+    cannot be reached (with a cached copy: say that offline mode loads it).
+
+    Raises:
+        UsageError: naming the id, offline or unreachable, and whether the local cache has it.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError as err:
+        raise UsageError(f"{repo_id}: no such checkpoint folder, nor a valid Hugging Face Hub id ({err})") from err
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise UsageError(f"{repo_id}: not in the local Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); "
+                             "download it while online, or give a checkpoint folder")
+        return
+    reason = _hub_unreachable()
+    if reason is None:
+        return
+    if cached:
+        raise UsageError(f"{repo_id}: cannot reach the Hugging Face Hub ({reason}); the local cache has the model: "
+                         "set HF_HUB_OFFLINE=1 to load it from there")
+    raise UsageError(f"{repo_id}: cannot reach the Hugging Face Hub ({reason}), and the local cache does not have "
+                     "the model; check the network, or give a checkpoint folder")
+
+
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """``AutoConfig.from_pretrained`` that names the checkpoint in its errors and never runs checkpoint code
     unless ``trust_remote_code``.
 
     Raises:
-        UsageError: no such folder or hub model, a folder without ``config.json``, or a checkpoint with its own
-            code (``auto_map``) without ``trust_remote_code``.
+        UsageError: no such folder or hub model, a hub id while offline or with the Hub unreachable
+            (:func:`check_hub`), a folder without ``config.json``, or a checkpoint with its own code
+            (``auto_map``) without ``trust_remote_code``.
     """
     path = Path(name_or_path)
     if path.is_dir() and not (path / "config.json").is_file():
         raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json)")
     if not path.is_dir() and not _HUB_ID.match(str(name_or_path)):
         raise UsageError(f"{name_or_path}: no such checkpoint folder")
+    if not path.is_dir():
+        check_hub(str(name_or_path))
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:  # transformers' "not found" for folders and hub ids alike
@@ -70,9 +124,28 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> Pretraine
         raise _remote_code_error(name_or_path, err) from err
 
 
+# A tokenizer saved by save_pretrained has the first two; older ones may have only their vocabulary files.
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+_VOCABULARY_GLOBS = ("vocab.*", "*.model", "merges.txt", "*.tiktoken")
+
+
+def _check_tokenizer_files(folder: Path, what: str) -> None:
+    """Refuse a checkpoint folder with no tokenizer file at all, before transformers tries to build one from
+    nothing (and blames a missing sentencepiece or tiktoken)."""
+    if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return
+    if any(next(folder.glob(pattern), None) is not None for pattern in _VOCABULARY_GLOBS):
+        return
+    raise UsageError(f"{folder}: cannot load the {what}: the checkpoint folder has no tokenizer files "
+                     f"({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model "
+                     "(tokenizer.save_pretrained(folder)) or copy its files from the model this one came from")
+
+
 def _load(auto_class: Any, what: str, name_or_path: str, trust_remote_code: bool, **kwargs: Any) -> Any:
-    """``auto_class.from_pretrained`` whose errors name the checkpoint (a missing file: ``cannot load the {what}``;
-    checkpoint code without ``trust_remote_code``: :func:`_remote_code_error`)."""
+    """``auto_class.from_pretrained`` whose errors name the checkpoint (a folder without tokenizer files, a missing
+    file: ``cannot load the {what}``; checkpoint code without ``trust_remote_code``: :func:`_remote_code_error`)."""
+    if Path(name_or_path).is_dir():
+        _check_tokenizer_files(Path(name_or_path), what)  # a processor carries the tokenizer too
     try:
         return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as err:

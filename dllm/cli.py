@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: dllm <command> [flags]
+USAGE = """usage: dllm <command> [flags]   (dllm --version: the version; dllm <command> --help: its flags)
 
 commands:
   sft [family] [flags]   masked-diffusion SFT of any causal LM (--model_name_or_path picks the class from the
@@ -30,12 +30,12 @@ commands:
                          per task and overall; --likelihood True adds the ELBO NLL per reference token;
                          every sampler option is a flag; --output results.json
   serve CKPT [flags]     OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models);
-                         needs the serve extra: pip install 'dllm[serve]'
+                         needs the serve extra: pip install -e '.[serve]'
   chat CKPT [flags]      multi-turn chat in the terminal, each answer unmasking step by step on screen;
                          /reset, /settings steps=4 threshold=0.9, /image FILE, /quit; piped input: answers only
   playground CKPT [--port N] [flags]
                          web page: type a prompt, pick steps / block size / threshold / cache, watch the answer
-                         unmask; needs the web extra: pip install 'dllm[web]'
+                         unmask; needs the web extra: pip install -e '.[web]'
   merge-lora BASE ADAPTER OUT [--overwrite True]
                          merge a LoRA adapter (dllm sft --lora True writes OUT/adapter) into its base model: a
                          standalone checkpoint with its tokenizer and mask token
@@ -83,25 +83,12 @@ def _chat(rest: list[str]) -> None:
 
 
 def _playground(rest: list[str]) -> None:
-    import importlib.util
-
-    from dllm.errors import UsageError
-
-    if importlib.util.find_spec("gradio") is None:
-        raise UsageError("needs gradio: pip install 'dllm[web]'")
     from dllm.inference.playground import main as playground_main
 
     playground_main(rest)
 
 
 def _serve(rest: list[str]) -> None:
-    import importlib.util
-
-    from dllm.errors import UsageError
-
-    missing = [name for name in ("fastapi", "uvicorn") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UsageError(f"needs {' and '.join(missing)}: pip install 'dllm[serve]'")
     from dllm.inference.server import main as serve_main
 
     serve_main(rest)
@@ -126,18 +113,37 @@ COMMANDS = {
 }
 
 
+# Verbs that need an optional extra: (extra, the modules it brings). Checked by main() before the verb runs, so a
+# missing one is one line, and --help still lists the flags (the verbs import these only when serving).
+EXTRAS = {"serve": ("serve", ("fastapi", "uvicorn")), "playground": ("web", ("gradio",))}
+
+
+def missing_extra(command: str) -> str | None:
+    """What ``command`` needs and how to install it, when its extra's modules are not installed; else None."""
+    import importlib.util
+
+    extra, modules = EXTRAS.get(command, ("", ()))
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"needs {' and '.join(missing)}: pip install -e '.[{extra}]'"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``dllm`` command; returns the process exit status."""
+    """Run one ``dllm`` command; returns the process exit status (2: a usage mistake, including no command)."""
     from dllm.auto import FAMILIES
     from dllm.errors import UsageError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     usage = USAGE.format(families=", ".join(sorted(FAMILIES)))
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(usage)
         return 0
+    if not argv:  # asked for nothing: the verbs, on stderr, as argparse does for a missing argument
+        print(usage, file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
-    if command == "version":
+    if command in ("version", "--version"):
         from dllm import __version__
 
         print(__version__)
@@ -146,12 +152,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dllm: unknown command {command!r}; choose one of {', '.join([*COMMANDS, 'version'])}",
               file=sys.stderr)
         return 2
+    missing = missing_extra(command)
     try:
-        COMMANDS[command](rest)
+        if missing is None:
+            COMMANDS[command](rest)
+        elif {"-h", "--help"} & set(rest):
+            _help_without_extra(command, rest, missing)
+        else:
+            raise UsageError(missing)
     except UsageError as err:
         print(f"dllm {command}: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
     return 0
+
+
+def _help_without_extra(command: str, rest: list[str], missing: str) -> None:
+    """``dllm COMMAND --help`` while the verb's extra is missing: the flags, then what running it needs; only the
+    latter (a UsageError) when the verb's module cannot even be imported without the extra."""
+    from dllm.errors import UsageError
+
+    try:
+        COMMANDS[command](rest)
+    except ModuleNotFoundError as err:
+        if err.name not in EXTRAS[command][1]:
+            raise
+        raise UsageError(missing) from err
+    except SystemExit:  # argparse printed the flags
+        print(f"dllm {command} {missing}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
