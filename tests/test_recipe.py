@@ -147,3 +147,27 @@ def test_family_parsers_differ_only_by_the_family_options():
     extra = set(make_parser(FAMILIES["qwen3_vl"]).option_names()) - set(make_parser().option_names())
     assert {"--freeze_vision", "--freeze_merger", "--image_root"} <= extra
     assert all(("freeze" in name or "image" in name) for name in extra), extra
+
+
+def test_an_output_dir_that_is_the_model_is_refused_before_any_work(base):
+    checkpoint, data = base
+    with pytest.raises(UsageError, match="is the model being read"):
+        run(None, ["--model_name_or_path", str(checkpoint), "--dataset_args", str(data), "--output_dir",
+                   str(checkpoint), *FLAGS])
+    assert not (checkpoint / RUN_CONFIG_NAME).exists()  # nothing was written into it
+
+
+def test_resume_true_without_a_checkpoint_is_one_line(base, tmp_path):
+    checkpoint, data = base
+    with pytest.raises(UsageError, match="--resume_from_checkpoint True: no checkpoint-N folder"):
+        run(None, ["--model_name_or_path", str(checkpoint), "--dataset_args", str(data), "--output_dir",
+                   str(tmp_path / "fresh"), "--resume_from_checkpoint", "True", *FLAGS])
+
+
+def test_a_text_model_refuses_rows_with_images(base, tmp_path):
+    from tests.helpers import write_vl_rows
+
+    checkpoint, _ = base
+    with pytest.raises(UsageError, match="image"):
+        run(None, ["--model_name_or_path", str(checkpoint), "--dataset_args", str(write_vl_rows(tmp_path)),
+                   "--output_dir", str(tmp_path / "out"), *FLAGS])

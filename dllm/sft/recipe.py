@@ -43,6 +43,7 @@ from dllm.data.packing import pack_dataset
 from dllm.data.utils import load_sft_dataset
 from dllm.errors import UsageError
 from dllm.options import OptionParser, config_path, read_option_file, save_options, torch_dtype
+from dllm.sft.checkpoints import check_output_dir, resolve_resume_checkpoint
 from dllm.sft.config import OBJECTIVES, DataArguments, ModelArguments, sft_config_class
 
 logger = logging.getLogger(__name__)
@@ -138,13 +139,17 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: An
         raise UsageError(f"--packing is for text models: {family.name} rows keep one conversation (and its images) "
                          "each")
     trainer_class = family.trainer_for(OBJECTIVES[getattr(training_args, "objective", "mdlm")][1])
+    # Before any work: where the run writes (never over the model it reads), and what it resumes from.
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    training_args.resume_from_checkpoint = resume
+    check_output_dir(training_args.output_dir, [checkpoint], resume_from_checkpoint=resume)
     if training_args.process_index == 0:
         save_options(training_args.output_dir, [o for o in (model_args, data_args, training_args, family_args) if o],
                      header=f"dllm sft options of this run (read back with --config {Path(training_args.output_dir)}"
                             "/run_config.yaml)")
 
     # 1. Data first, so a bad spec, file or row stops the run before any weights load.
-    dataset = _load_data(data_args, training_args)
+    dataset = _load_data(data_args, training_args, text_only=family.image_inputs is None)
 
     # 2. Model and tokenizer (bidirectional, with a mask token). Seeded first: a new mask-token row is random.
     set_seed(training_args.seed)
@@ -175,11 +180,12 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: An
     return trainer
 
 
-def _load_data(data_args: DataArguments, training_args: Any) -> DatasetDict:
-    """The validated message rows; without a test split nothing is evaluated (eval_strategy becomes no)."""
+def _load_data(data_args: DataArguments, training_args: Any, text_only: bool) -> DatasetDict:
+    """The validated message rows (``text_only``: a model that reads no images refuses rows with images); without
+    a test split nothing is evaluated (eval_strategy becomes no)."""
     test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
     dataset = load_sft_dataset(data_args.dataset_args, seed=training_args.seed, test_size=test_size,
-                               skip_invalid=data_args.skip_invalid_rows)
+                               skip_invalid=data_args.skip_invalid_rows, text_only=text_only)
     if "test" not in dataset and training_args.eval_strategy != "no":  # a str enum
         training_args.eval_strategy = type(training_args.eval_strategy)("no")
         training_args.do_eval = False
