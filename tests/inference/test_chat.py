@@ -49,7 +49,7 @@ def test_parse_settings_changes_names_and_refuses_mistakes():
     changed = parse_settings(config, "steps=4 threshold=0.9 cache=prefix block_size=none")
     assert (changed.steps, changed.threshold, changed.cache, changed.block_size) == (4, 0.9, "prefix", None)
     for bad, message in [("stepz=2", "stepz"), ("steps", "name=value"), ("steps=9", "steps"),
-                         ("cache=fast", "cache"), ("steps=abc", "wrong type")]:
+                         ("cache=fast", "cache"), ("steps=abc", "steps must be an integer or None, got 'abc'")]:
         with pytest.raises(ValueError, match=message):
             parse_settings(config, bad)
 

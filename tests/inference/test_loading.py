@@ -80,7 +80,7 @@ def test_refusals_name_the_checkpoint_or_the_settings_file(tmp_path, tiny_checkp
     (broken / GENERATION_CONFIG_NAME).write_text(json.dumps({"gen_length": 8, "stepz": 2}))
     with pytest.raises(UsageError, match=rf"{GENERATION_CONFIG_NAME}: unknown sampler settings \['stepz'\]"):
         load_checkpoint(str(broken))
-    with pytest.raises(UsageError, match="DiffusionGenerationConfig.temperature must be >= 0"):
+    with pytest.raises(UsageError, match=r"^--temperature must be in \[0, 2.0\], got -1.0$"):  # the flag, not the file
         load_checkpoint(str(tiny_checkpoint), temperature=-1.0)
 
 
