@@ -13,7 +13,7 @@ inputs when their batch runs (:func:`sampler_inputs`: the checkpoint's processor
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,6 +33,9 @@ class VisionPrompt:
     format). The checkpoint's processor makes its token ids when its batch runs."""
 
     messages: list[dict[str, Any]]
+    prepared: tuple[int, tuple] | None = field(default=None, repr=False, compare=False)
+    """``(gen_length, sampler inputs)`` of this conversation alone, kept by :meth:`Engine.prompt_length` (which
+    processes it to count its tokens) so that a batch of this one prompt is not processed again."""
 
 
 Prompts = list[list[int]] | list[VisionPrompt]
@@ -211,12 +214,24 @@ class Engine:
         self.device = next(model.parameters()).device
         self.sampler_calls = 0
 
-    def prompt_length(self, prompt: list[int] | VisionPrompt) -> int:
-        """Tokens in a prompt (a vision prompt's image placeholders included)."""
+    def prompt_length(self, prompt: list[int] | VisionPrompt, gen_length: int | None = None,
+                      keep: bool = True) -> int:
+        """Tokens in a prompt (a vision prompt's image placeholders included: it is processed for an answer of
+        ``gen_length``, default the engine's, and with ``keep`` holds what it was processed into, see
+        :attr:`VisionPrompt.prepared`; a caller that will batch it with others has no use for that)."""
         if not isinstance(prompt, VisionPrompt):
             return len(prompt)
-        _, mask, _ = sampler_inputs(self.model, [prompt], 0, self.config.pad_token_id, self.processor)
-        return int(mask.sum())
+        length = self.config.gen_length if gen_length is None else gen_length
+        inputs = sampler_inputs(self.model, [prompt], length, self.config.pad_token_id, self.processor)
+        prompt.prepared = (length, inputs) if keep else None
+        return int(inputs[1].sum())
+
+    def _inputs(self, prompts: Prompts, config: DiffusionGenerationConfig) -> tuple:
+        """The batch's sampler inputs: a lone vision prompt's prepared ones when they fit ``config``."""
+        lone = prompts[0] if len(prompts) == 1 else None
+        if isinstance(lone, VisionPrompt) and lone.prepared is not None and lone.prepared[0] == config.gen_length:
+            return lone.prepared[1]
+        return sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id, self.processor)
 
     def run(self, prompts: Prompts, config: DiffusionGenerationConfig | None = None,
             history: bool = False, on_block: BlockIds | None = None, seed: int | None = None) -> list[Completion]:
@@ -225,8 +240,7 @@ class Engine:
         finished block, see :data:`BlockIds`; ``seed``: the sampler's random draws come from a generator seeded
         so)."""
         config = replace(config or self.config, record_history=history, progress=False)
-        ids, mask, kwargs = sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id,
-                                           self.processor)  # [B, P]
+        ids, mask, kwargs = self._inputs(prompts, config)  # [B, P]
         callback = None if on_block is None else _answers_after_block(on_block, ids.shape[1], config)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         out = generate(self.model, ids, config, attention_mask=mask, generator=generator, on_block=callback,
