@@ -528,3 +528,203 @@ def test_truncated_weights_name_the_file(base):
         AutoModelForMaskedDiffusion.from_pretrained(str(base))
     assert str(info.value) == (f"{weights}: corrupt or truncated weights file (Error while deserializing header: "
                                "incomplete metadata, file not fully covered); re-save or re-download it")
+
+
+# ==== inference: sampler values, prompt lengths, outputs, ports, adapters (the inference helper's section) =========
+from dllm.core.sampling import DiffusionGenerationConfig  # noqa: E402
+from dllm.core.sampling.config import SamplerSettingError  # noqa: E402
+from tests.helpers import save_tiny_masked_lm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sampling_checkpoint(tmp_path_factory):
+    """A tiny masked LM (256 positions, saved gen_length 8) the verbs can load."""
+    return save_tiny_masked_lm(tmp_path_factory.mktemp("inference") / "tiny", gen_length=8)
+
+
+@pytest.mark.parametrize(("settings", "field", "message"), [
+    ({"gen_length": 8, "steps": 2, "block_size": 2}, "steps",
+     "must be at least the number of blocks, 4 (gen_length 8 in blocks of 2), got 2"),
+    ({"gen_length": 8, "steps": 9}, "steps", "must be at most gen_length (8), got 9"),
+    ({"steps": "abc"}, "steps", "must be an integer or None, got 'abc'"),
+    ({"threshold": 5.0}, "threshold", "must be None or in (0, 1], got 5.0"),
+    ({"threshold": -1.0}, "threshold", "must be None or in (0, 1], got -1.0"),
+    ({"threshold": 0.5, "remasking": "entropy"}, "threshold",
+     "must be None or at most 0 with entropy remasking (it compares minus the entropy), got 0.5"),
+    ({"temperature": 1e9}, "temperature", "must be in [0, 2.0], got 1000000000.0"),
+    ({"temperature": float("nan")}, "temperature", "must be a number, got nan"),
+    ({"top_p": 0.0}, "top_p", "must be None or in (0, 1], got 0.0"),
+    ({"top_k": True}, "top_k", "must be an integer or None, got True"),
+    ({"cfg_scale": float("inf")}, "cfg_scale", "must be a finite number >= 0, got inf"),
+    ({"cache": "everything"}, "cache", "must be one of none, prefix, dual, got 'everything'"),
+    ({"gen_length": 0}, "gen_length", "must be at least 1, got 0"),
+    ({"mask_token_id": -1}, "mask_token_id", "must be None or a token id (>= 0), got -1"),
+])
+def test_every_sampler_value_is_checked_by_the_config_naming_the_field(settings, field, message):
+    with pytest.raises(SamplerSettingError) as info:
+        DiffusionGenerationConfig(**settings)
+    assert (info.value.field, info.value.message) == (field, message)
+    assert str(info.value) == f"DiffusionGenerationConfig.{field} {message}"
+    from dataclasses import replace
+
+    with pytest.raises(SamplerSettingError):  # replace runs the same checks
+        replace(DiffusionGenerationConfig(gen_length=8), **settings)
+
+
+def test_entropy_threshold_at_most_zero_is_accepted():
+    assert DiffusionGenerationConfig(remasking="entropy", threshold=-0.5).threshold == -0.5
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"gen_length": 0}, "--gen_length must be at least 1, got 0"),  # the flag, not the saved file
+    ({"steps": 2, "block_size": 2}, "--steps must be at least the number of blocks, 4 (gen_length 8 in blocks of 2), "
+                                    "got 2"),
+    ({"gen_length": 100000}, "{ckpt}: gen_length 100000 leaves no room for a prompt in the model's 256 positions "
+                             "(max_position_embeddings)"),
+])
+def test_sampler_flags_are_blamed_on_the_flag(sampling_checkpoint, overrides, expected):
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu"), **overrides)
+    assert str(info.value) == expected.format(ckpt=sampling_checkpoint)
+
+
+def test_sample_refuses_a_prompt_beyond_the_models_positions_before_any_batch(sampling_checkpoint, monkeypatch):
+    from dllm.inference import sample
+    from dllm.inference.engine import Engine
+
+    monkeypatch.setattr(Engine, "run", lambda *a, **k: pytest.fail("the sampler ran"))
+    with pytest.raises(UsageError) as info:
+        sample.main([str(sampling_checkpoint), "ok", "x" * 300, "--device", "cpu"])
+    assert str(info.value) == ("prompt 2 ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'): 303 tokens plus gen_length 8 exceed "
+                               "the model's 256 positions (max_position_embeddings)")
+
+
+def test_sample_checks_the_output_path_before_any_work(tmp_path, monkeypatch):
+    from dllm.inference import sample
+
+    monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError) as info:
+        sample.main([str(tmp_path / "ckpt"), "hi", "--output", str(tmp_path / "file" / "out.jsonl")])
+    assert str(info.value) == (f"--output {tmp_path / 'file' / 'out.jsonl'}: cannot write there (a file stands where "
+                               "a folder of the path belongs)")
+    writable = tmp_path / "new" / "out.jsonl"
+    with pytest.raises(pytest.fail.Exception):  # a writable path passes the check and leaves no file behind
+        sample.main([str(tmp_path / "ckpt"), "hi", "--output", str(writable)])
+    assert not writable.exists()
+
+
+def test_sample_prompt_file_with_a_lone_surrogate_is_one_line(tmp_path):
+    from dllm.inference.sample import read_prompt_file
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "bad \\ud800 text"}\n')
+    with pytest.raises(UsageError) as info:
+        read_prompt_file(tmp_path / "p.jsonl")
+    assert str(info.value) == (f"{tmp_path / 'p.jsonl'}, line 2: not valid Unicode (a lone surrogate '\\ud800' at "
+                               "character 4); send UTF-8 text")
+    (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(UsageError, match=r"p.txt: not UTF-8 text \('utf-8' codec can't decode byte 0xe9"):
+        read_prompt_file(tmp_path / "p.txt")
+
+
+@pytest.mark.parametrize("verb", ["serve", "playground"])
+def test_a_port_out_of_range_is_one_line_before_loading(verb, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi" if verb == "serve" else "gradio")
+    pytest.importorskip("uvicorn" if verb == "serve" else "gradio")
+    module = __import__(f"dllm.inference.{'server' if verb == 'serve' else 'playground'}", fromlist=["main"])
+    monkeypatch.setattr(module, "load_checkpoint", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    with pytest.raises(UsageError) as info:
+        module.main([str(tmp_path), "--port", "99999"])
+    assert str(info.value) == "--port must be a TCP port number, 0 to 65535, got 99999"
+
+
+def test_a_lora_adapter_folder_says_how_to_merge_it(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "/b"}))
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(str(adapter))
+    assert str(info.value) == (f"{adapter}: a LoRA adapter (adapter_config.json), not a whole checkpoint; merge it into "
+                               f"its base first: dllm merge-lora /b {adapter} OUT, then use OUT")
+
+
+def test_checkpoint_code_for_a_known_model_type_is_named_in_one_log_line(sampling_checkpoint, tmp_path, caplog):
+    import shutil
+
+    marker = tmp_path / "ran"
+    checkpoint = shutil.copytree(sampling_checkpoint, tmp_path / "own-code")
+    (checkpoint / "configuration_x.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig"}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="dllm.inference.loading"):
+        load_checkpoint(str(checkpoint), CheckpointArguments(device="cpu"))
+    assert caplog.messages == [f"{checkpoint}: config.json names the checkpoint's own code (auto_map), which is not "
+                               "run; using transformers' built-in Llama classes for model_type 'llama' "
+                               "(--trust_remote_code True runs its code)"]
+    assert not marker.exists()
+
+
+def test_num_threads_is_set_and_checked(sampling_checkpoint):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu", num_threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(str(sampling_checkpoint), CheckpointArguments(num_threads=-1))
+    assert str(info.value) == "--num_threads must be at least 0 (0: torch's default), got -1"
+
+
+def test_chat_settings_refuse_bad_values_and_keep_the_conversation(sampling_checkpoint, capsys):
+    from dllm.inference.chat import Chat
+
+    chat = Chat(load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu")))
+    chat.handle("hello")
+    kept, config = list(chat.messages), chat.config
+    for command in ("/settings steps=abc", "/settings steps=2 block_size=2", "/settings threshold=5",
+                    "/settings temperature=1e9", "/settings gen_length=300"):
+        assert chat.handle(command) is None
+    assert (chat.messages, chat.config) == (kept, config)
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("dllm chat")] == [
+        "dllm chat: settings unchanged: steps must be an integer or None, got 'abc'",
+        "dllm chat: settings unchanged: steps must be at least the number of blocks, 4 (gen_length 8 in blocks of 2), "
+        "got 2",
+        "dllm chat: settings unchanged: threshold must be None or in (0, 1], got 5",
+        "dllm chat: settings unchanged: temperature must be in [0, 2.0], got 1000000000.0",
+        "dllm chat: settings unchanged: gen_length must leave room for a prompt in the model's 256 positions, got 300",
+    ]
+    assert chat.handle("again") is not None and len(chat.messages) == 4  # the conversation goes on
+
+
+def test_chat_refuses_a_turn_beyond_the_models_positions_and_keeps_the_conversation(sampling_checkpoint, capsys):
+    from dllm.inference.chat import Chat
+
+    chat = Chat(load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu")))
+    chat.handle("hello")
+    kept = list(chat.messages)
+    assert chat.handle("x" * 300) is None and chat.messages == kept
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dllm chat: not answered: the conversation: ") and err.endswith(
+        "tokens plus gen_length 8 exceed the model's 256 positions (max_position_embeddings); /reset starts a new "
+        "conversation")
+
+
+def test_playground_refuses_a_prompt_beyond_the_models_positions(sampling_checkpoint, monkeypatch):
+    from dllm.inference.engine import ContextLengthError
+    from dllm.inference.playground import Playground
+
+    playground = Playground(load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu")))
+    with pytest.raises(ContextLengthError) as info:
+        playground.prepare("x" * 300, 8, 8, 0, 0, "none")
+    assert str(info.value) == ("the prompt: 303 tokens plus gen_length 8 exceed the model's 256 positions "
+                               "(max_position_embeddings)")
+    tokenizer = playground.loaded.tokenizer
+    monkeypatch.setattr(type(tokenizer), "apply_chat_template", lambda *a, **k: pytest.fail("tokenised"))
+    with pytest.raises(ContextLengthError) as info:  # far too long: refused from its length, before tokenising
+        playground.prepare("x" * 100_000, 8, 8, 0, 0, "none")
+    assert str(info.value) == ("the prompt: at least 3846 tokens (judged by its characters) exceed the model's 256 "
+                               "positions (max_position_embeddings)")
