@@ -26,6 +26,7 @@ from dllm.eval.exact_match import (
     evaluate_examples,
     normalize_answer,
 )
+from dllm.eval.stats import wilson_interval
 from tests.helpers import save_tiny_masked_lm
 
 
@@ -97,7 +98,7 @@ def test_dataset_rows_use_every_earlier_turn_as_the_prompt(char_tokenizer, tmp_p
                           {"role": "assistant", "content": f"answer {i}"}]} for i in range(7)]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    examples, split = dataset_examples(str(path), None, seed=0, max_examples=6)
+    examples, split = dataset_examples(str(path), None, seed=0, limit=6)
     assert split == "train" and len(examples) == 6  # no test split: the file's rows, the first six
     assert [e.reference for e in examples] == [f"answer {i}" for i in range(6)]
     results = run_oracle(char_tokenizer, examples, gen_length=12)  # keyed on the whole multi-turn prompt
@@ -119,12 +120,17 @@ def test_eval_command_writes_counts_passes_and_likelihood(checkpoint, tmp_path, 
                      "--output", str(out), "--likelihood", "True", "--likelihood_samples", "2"])
     assert code == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"checkpoint", "source", "sampler", "likelihood", "tasks", "overall", "examples"}
+    assert set(results) == {"checkpoint", "source", "arguments", "evaluation", "provenance", "settings", "sampler",
+                            "likelihood", "tasks", "overall", "peak_memory", "examples"}
     assert results["sampler"]["gen_length"] == 7 and results["sampler"]["steps"] == 2  # demo canvas, the flag
     assert list(results["tasks"]) == ["sort", "reverse", "add"] and len(results["examples"]) == 9
     for row in [*results["tasks"].values(), results["overall"]]:
-        assert set(row) == {"exact_match", "n", "correct", "forward_passes_per_answer", "seconds", "nll_per_token",
-                            "nll_per_token_stderr", "reference_tokens"}
+        assert set(row) == {"metric", "exact_match", "exact_match_ci95", "ci_method", "n", "correct",
+                            "samples_per_prompt", "forward_passes_per_answer", "seconds", "tokens_per_second",
+                            "latency_p50", "latency_p95", "nll_per_token", "nll_per_token_stderr", "reference_tokens"}
+        assert row["metric"] == "exact_match" and row["ci_method"] == "wilson"
+        assert row["exact_match_ci95"] == pytest.approx(list(wilson_interval(row["correct"], row["n"])))
+        assert 0 < row["latency_p50"] <= row["latency_p95"] and row["tokens_per_second"] > 0
         assert row["forward_passes_per_answer"] == 2  # one block, two steps
         assert 0 <= row["exact_match"] == row["correct"] / row["n"] <= 1
         assert math.isfinite(row["nll_per_token"]) and row["nll_per_token"] > 0 and row["seconds"] >= 0

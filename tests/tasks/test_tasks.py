@@ -128,7 +128,8 @@ def test_bad_generator_settings_are_refused():
 
 def test_reward_functions_take_trl_batches():
     rows = make_examples([Countdown()], 3, "test", seed=0)
-    completions = [rows[0]["answer"], "1+1", [{"role": "assistant", "content": f"<answer>{rows[2]['answer']}</answer>"}]]
+    tagged = [{"role": "assistant", "content": f"<answer>{rows[2]['answer']}</answer>"}]
+    completions = [rows[0]["answer"], "1+1", tagged]
     columns = {"numbers": [r["numbers"] for r in rows], "target": [r["target"] for r in rows]}
     assert countdown_reward([r["prompt"] for r in rows], completions, completion_ids=None, **columns) == [1.0, 0.0, 1.0]
     assert countdown_reward.__name__ == "countdown_reward"
