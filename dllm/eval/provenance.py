@@ -17,6 +17,9 @@ from typing import Any
 from dllm.errors import UsageError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+WEIGHT_PREFIXES = ("model", "pytorch_model", "adapter_model", "consolidated")
+"""Weight files as transformers and peft name them; a trainer checkpoint's training_args.bin, optimizer.pt and
+rng_state.pth are not weights."""
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -41,7 +44,8 @@ def weights_hash(checkpoint: str) -> dict[str, Any] | None:
     folder = Path(checkpoint)
     if not folder.is_dir():
         return None
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES) and p.name.startswith(WEIGHT_PREFIXES))
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode("utf-8") + b"\0")

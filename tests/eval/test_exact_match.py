@@ -239,3 +239,12 @@ def test_importing_the_eval_verb_pulls_no_optional_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_lm_eval_verb_without_lm_eval_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    assert cli_main(["lm-eval", "--tasks", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "dllm lm-eval: needs lm-evaluation-harness: pip install 'dllm[eval]'"

@@ -15,6 +15,7 @@ from dllm import __version__
 from dllm.cli import main as cli_main
 from dllm.errors import UsageError
 from dllm.eval.exact_match import main as eval_main
+from dllm.eval.provenance import weights_hash
 from dllm.eval.sweep import parse_sweep
 from tests.helpers import save_tiny_masked_lm
 
@@ -67,11 +68,13 @@ def test_the_result_file_records_what_reproduces_it(swept, checkpoint):
     results = json.loads(swept.read_text())
     origin = results["provenance"]
     assert origin["dllm_version"] == __version__ and origin["checkpoint"] == str(checkpoint)
+    (checkpoint / "training_args.bin").write_bytes(b"not weights")  # a trainer file: not hashed
+    weights_only = weights_hash(str(checkpoint))
     weights = sorted(p for p in checkpoint.iterdir() if p.suffix == ".safetensors")
     digest = hashlib.sha256()
     for path in weights:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    assert origin["weights"] == {"sha256": digest.hexdigest(), "files": [p.name for p in weights]}
+    assert origin["weights"] == weights_only == {"sha256": digest.hexdigest(), "files": [p.name for p in weights]}
     assert origin["machine"]["torch"] == torch.__version__
     assert origin["machine"]["transformers"] == transformers.__version__ and origin["machine"]["cpu"]
     assert origin["git"] is None or len(origin["git"]["commit"]) == 40
