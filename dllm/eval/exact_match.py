@@ -113,7 +113,8 @@ class EvalArguments:
         "help": 'Sampler settings to cross, e.g. "threshold=none,0.9 cache=none,prefix,dual block_size=8,32": '
                 "every combination on the same prompts, one table."})
     output: str | None = field(default=None, metadata={
-        "help": "Write the results, every answer and the provenance here (JSON), the table beside it (.md)."})
+        "help": "Write the results, every answer and the provenance here (JSON), the table beside it (.md); "
+                "dllm eval --rerun F.json [--output G.json] repeats the run and says whether the numbers match."})
     likelihood: bool = field(default=False, metadata={
         "help": "Also report the ELBO NLL per reference token (Monte-Carlo; num_samples forward rows per example)."})
     likelihood_samples: int = field(default=32, metadata={

@@ -115,3 +115,12 @@ def test_a_looping_completion_times_out_and_counts_as_failure():
     problem = load_problems()[0]
     result = execute(problem, "    while True:\n        pass\n", timeout=1.5)
     assert result.status == "timed out" and not result.passed
+
+
+def test_a_completion_escaping_its_directory_fails_without_effect(tmp_path):
+    problem = load_problems()[0]
+    target = tmp_path / "planted.py"
+    body = problem["canonical_solution"]
+    escape = f"    open({str(target)!r}, 'w').write('x')\n" + body  # otherwise a correct solution
+    assert execute(problem, body, timeout=30).passed
+    assert not execute(problem, escape, timeout=30).passed and not target.exists()
