@@ -166,7 +166,7 @@ def test_the_dllm_lm_eval_verb_runs_lm_evals_command_line_with_the_model_by_defa
     written = list((tmp_path / "out").rglob("results_*.json"))
     results = json.loads(written[0].read_text())
     assert {"dllm_tiny_mc", "dllm_tiny_gen"} <= set(results["results"])
-    assert results["config"]["model"] == "dllm" and "steps=2" in results["config"]["model_args"]
+    assert results["config"]["model"] == "dllm" and results["config"]["model_args"]["steps"] == 2
 
 
 def test_simple_evaluate_takes_the_model_object(checkpoint, tmp_path, offline):
