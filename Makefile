@@ -48,7 +48,7 @@ test-eval: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[eval,humaneval]"
 	HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests/eval tests/tasks
 
-# All 164 HumanEval canonical solutions through the sandbox (about 25 s on one busy core; `make test` runs 11).
+# All 164 HumanEval canonical solutions through the sandbox (19 s on the shared 2-core machine; `make test` runs 11).
 test-humaneval: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[humaneval]"
 	DLLM_HUMANEVAL_FULL=1 $(PY) -m pytest -q tests/eval/test_sandbox.py
