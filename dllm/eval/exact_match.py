@@ -440,7 +440,8 @@ def compare_results(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
                     or k == before.get("metric")]
             changed = [f"{k} {before[k]} -> {after.get(k)}" for k in keys if before[k] != after.get(k)]
             differences += [f"{label}, {name}: {'; '.join(changed)}"] if changed else []
-        answers = sum(a.get("answer") != b.get("answer") for a, b in zip(old["examples"], now["examples"]))
+        answers = sum(a.get("answers", a.get("answer")) != b.get("answers", b.get("answer"))
+                      for a, b in zip(old["examples"], now["examples"]))
         differences += [f"{label}: {answers} of {len(old['examples'])} answers differ"] if answers else []
     return differences
 
