@@ -26,9 +26,12 @@ commands:
                          answer prompts (arguments, --prompt_file F.txt|F.jsonl) with a checkpoint, in batches;
                          prints them or writes --output out.jsonl; every sampler option is a flag;
                          --image FILE: questions about an image (vision-language checkpoints)
-  eval CKPT [flags]      exact match on the demo's held-out tasks (--task demo) or a dataset (--dataset_args SPEC),
-                         per task and overall; --likelihood True adds the ELBO NLL per reference token;
-                         every sampler option is a flag; --output results.json
+  eval CKPT [flags]      score the sampler's answers with 95% intervals: --task demo|countdown|sudoku|humaneval or
+                         --dataset_args SPEC; --limit N; --sweep "threshold=none,0.9 cache=none,dual" crosses
+                         sampler settings into one table; --output results.json (+ .md); --rerun results.json
+  lm-eval [lm-eval flags]
+                         lm-evaluation-harness's own command line with the dllm model registered
+                         (--model_args pretrained=CKPT,threshold=0.9,...); pip install 'dllm[eval]'
   serve CKPT [flags]     OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models);
                          needs the serve extra: pip install -e '.[serve]'
   chat CKPT [flags]      multi-turn chat in the terminal, each answer unmasking step by step on screen;
@@ -76,6 +79,18 @@ def _eval(rest: list[str]) -> None:
     eval_main(rest)
 
 
+def _lm_eval(rest: list[str]) -> None:
+    import importlib.util
+
+    from dllm.errors import UsageError
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise UsageError("needs lm-evaluation-harness: pip install 'dllm[eval]'")
+    from dllm.eval.lm_eval_adapter import main as lm_eval_main
+
+    lm_eval_main(rest)
+
+
 def _chat(rest: list[str]) -> None:
     from dllm.inference.chat import main as chat_main
 
@@ -106,6 +121,7 @@ COMMANDS = {
     "demo-vl": _demo_vl,
     "sample": _sample,
     "eval": _eval,
+    "lm-eval": _lm_eval,
     "serve": _serve,
     "chat": _chat,
     "playground": _playground,
