@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from dllm.core.likelihood import Estimator, draw_noise
-from dllm.core.sampling.forward import model_logits, position_ids
+from dllm.core.sampling.forward import position_ids
 from dllm.core.schedules import MaskingSchedule
 
 
@@ -90,7 +90,12 @@ def completion_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     the mask token's logit removed; the output head runs on those columns only."""
     length = targets.shape[1]
     keep = torch.arange(input_ids.shape[1] - length, input_ids.shape[1], device=input_ids.device)  # [L]
-    logits = model_logits(model, input_ids, attention_mask, position_ids(attention_mask), keep)  # [R, L, V]
+    # Called without the sampler's cache argument (model_logits): the model may be wrapped (DDP, peft), whose
+    # forward names no cache, and a training forward needs none.
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                logits_to_keep=keep)
+    logits = out.logits if out.logits.shape[1] == length else out.logits[:, keep]  # [R, L, V]
+    logits = logits.float()
     logits[..., mask_token_id] = float("-inf")  # SUBS: a clean token is never the mask token
     return logits.log_softmax(dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [R, L]
 
