@@ -97,3 +97,26 @@ def grpo_main(argv: list[str] | None = None) -> Any:
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return trainer
+
+
+def dpo_main(argv: list[str] | None = None) -> Any:
+    """Run ``dllm dpo`` with command-line ``argv``; returns the trainer."""
+    from dllm.rl.dpo import DiffusionDPOConfig, DiffusionDPOTrainer, PreferenceCollator
+
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model_args, data_args, args = parse_rl_args(list(argv or []), DiffusionDPOConfig)
+    checkpoint = model_args.model_name_or_path
+    rows = load_rows(data_args.dataset_args, ["prompt", "chosen", "rejected"], seed=args.seed)
+    sampler = saved_sampler_settings(checkpoint)
+    set_seed(args.seed)
+    model, tokenizer = build_model_and_tokenizer(checkpoint, model_args)
+    collator = PreferenceCollator(tokenizer, args.max_completion_length)
+    collator(rows.select(range(min(len(rows), 64))))  # a row the template cannot encode stops the run here
+    if model_args.lora:
+        model = apply_lora(model, model_args, args.gradient_checkpointing)
+    trainer = DiffusionDPOTrainer(model, args, rows, tokenizer, data_collator=collator)
+    trainer.train()
+    save_final(trainer, tokenizer, args.output_dir, model_args.lora, base=checkpoint, generation_config=sampler)
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return trainer
