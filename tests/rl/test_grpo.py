@@ -123,3 +123,28 @@ def test_dllm_grpo_end_to_end_and_one_line_errors(checkpoint, tmp_path, capsys):
     assert "cannot import 'nosuch'" in capsys.readouterr().err
     assert main(["grpo", str(checkpoint), "--dataset_args", str(data), *common, "--num_generations", "3"]) == 2
     assert "multiple of num_generations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_grpo_keeps_groups_whole_and_finishes(checkpoint, tmp_path):
+    """`accelerate launch` over gloo, 2 CPU processes x 4 completions (whole groups per process, see GroupSampler):
+    the run finishes with a KL reference, logs the gathered reward metrics and saves the checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "scripts" / "accelerate_configs" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision",
+           "no", "--main_process_port", "0", "-m", "dllm.cli", "grpo", str(checkpoint), "--dataset_args", str(data),
+           "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_steps", "2", "--beta", "0.1",
+           "--report_to", "none", "--use_cpu", "True", "--output_dir", str(tmp_path / "out"), "--save_strategy", "no",
+           "--logging_steps", "1", "--reward_funcs", "exact_match", "format"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "'rewards/format/mean'" in result.stdout and "'kl'" in result.stdout
+    assert (tmp_path / "out" / "config.json").is_file()
