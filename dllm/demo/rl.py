@@ -62,7 +62,11 @@ METHODS = ("elbo", "diffu_grpo", "dpo")
 class RLDemoArguments:
     """The short SFT and the post-training runs (the model and tasks are dllm demo's flags)."""
 
-    sft_steps: int = field(default=300, metadata={"help": "SFT steps before post-training (the full demo: 8000)."})
+    sft_steps: int = field(
+        default=1500, metadata={"help": "SFT steps before post-training (the full demo: 8000). 300 left every task "
+                                "near 0% here, where an exact-match reward is never earned; 1500 gave 17% held-out "
+                                "(sort 40%, reverse 0%, add 12%, 150 prompts)."}
+    )
     methods: list[str] = field(
         default_factory=lambda: ["elbo"],
         metadata={"help": f"Post-training runs, each from the same SFT checkpoint: {', '.join(METHODS)}."},
@@ -74,6 +78,10 @@ class RLDemoArguments:
     prompts_per_step: int = field(default=8, metadata={"help": "GRPO: prompts per step (x num_generations)."})
     beta: float = field(default=0.0, metadata={"help": "GRPO: KL coefficient (0: no reference model)."})
     num_elbo_samples: int = field(default=2, metadata={"help": "ELBO draws per completion (elbo and dpo)."})
+    elbo_estimator: str = field(
+        default="count", metadata={"help": "'count' (LLaDA: l of the n canvas tokens masked, weight n/l <= n) or "
+                                   "'time' (t ~ U[eps, 1], weight 1/t: up to 1/eps on a single draw).", "choices": ["count", "time"]}
+    )
     num_train_prompts: int = field(default=2000, metadata={"help": "Training prompts per task for post-training."})
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO: beta."})
     dpo_pairs_per_step: int = field(default=32, metadata={"help": "DPO: preference pairs per step."})
@@ -142,7 +150,8 @@ def trainer_values(args: RLDemoArguments, folder: Path) -> dict[str, Any]:
     """The TrainingArguments every post-training run shares (CPU, constant learning rate, log every step)."""
     return dict(output_dir=str(folder), max_steps=args.rl_max_steps, learning_rate=args.rl_learning_rate,
                 lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, use_cpu=True, report_to="none",
-                logging_steps=1, save_strategy="no", disable_tqdm=True, seed=args.seed, num_elbo_samples=args.num_elbo_samples)
+                logging_steps=1, save_strategy="no", disable_tqdm=True, seed=args.seed, num_elbo_samples=args.num_elbo_samples,
+                elbo_estimator=args.elbo_estimator)
 
 
 def quiet(trainer: Any) -> Any:
