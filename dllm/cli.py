@@ -42,6 +42,11 @@ commands:
   merge-lora BASE ADAPTER OUT [--overwrite True]
                          merge a LoRA adapter (dllm sft --lora True writes OUT/adapter) into its base model: a
                          standalone checkpoint with its tokenizer and mask token
+  grpo CKPT --dataset_args F [flags]
+                         post-train with reward functions (GRPO; --loss_type elbo|diffu_grpo, --reward_funcs)
+  dpo CKPT --dataset_args F [flags]
+                         post-train on preference pairs (prompt, chosen, rejected): DPO with ELBO likelihoods
+  demo-rl [flags]        offline demo: a short SFT on the demo tasks, then GRPO and DPO lift held-out exact match
   version                print the dllm version
 
 `dllm <command> --help` lists a command's flags.
@@ -115,6 +120,24 @@ def _merge_lora(rest: list[str]) -> None:
     merge_main(rest)
 
 
+def _grpo(rest: list[str]) -> None:
+    from dllm.rl.recipe import grpo_main
+
+    grpo_main(rest)
+
+
+def _dpo(rest: list[str]) -> None:
+    from dllm.rl.recipe import dpo_main
+
+    dpo_main(rest)
+
+
+def _demo_rl(rest: list[str]) -> None:
+    from dllm.demo.rl import main as demo_rl_main
+
+    demo_rl_main(rest)
+
+
 COMMANDS = {
     "sft": _sft,
     "demo": _demo,
@@ -126,6 +149,9 @@ COMMANDS = {
     "chat": _chat,
     "playground": _playground,
     "merge-lora": _merge_lora,
+    "grpo": _grpo,
+    "dpo": _dpo,
+    "demo-rl": _demo_rl,
 }
 
 
