@@ -197,12 +197,11 @@ class MDLMTrainer(Trainer):
         noisy_ids, masked = mask_tokens(input_ids, labels, mask_prob, self.mask_token_id,
                                         uniforms=uniforms)  # [B, L], [B, L]
 
-        # 3. Denoise x_t in one bidirectional pass. Only masked positions enter the loss, so the output head runs
-        #    there alone (logits_mask): the logits are [N, V], not [B, L, V] (N = masked tokens). An evaluation that
-        #    returns predictions (prediction_loss_only=False) keeps the full [B, L, V] logits Trainer gathers.
-        if training or args.prediction_loss_only:
-            inputs["logits_mask"] = masked  # [B, L]
-        outputs = model(input_ids=noisy_ids, **inputs)
+        # 3. Denoise x_t (the objective's own forward, see _denoise). Only masked positions enter the loss, so the
+        #    output head runs there alone: the logits are [N, V], not [B, L, V] (N = masked tokens). An evaluation
+        #    that returns predictions (prediction_loss_only=False) keeps the full [B, L, V] logits Trainer gathers.
+        outputs = self._denoise(model, input_ids, noisy_ids, masked, inputs,
+                                select=training or args.prediction_loss_only)
 
         # 4. ELBO-weighted cross-entropy on masked positions. Training normalises over the accumulation
         #    window (num_items_in_batch); evaluation always reports the per-token ELBO of its own batch.
@@ -217,6 +216,16 @@ class MDLMTrainer(Trainer):
 
         self._record_metrics(training, masked, labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _denoise(self, model: torch.nn.Module, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
+                 masked: torch.Tensor, inputs: dict[str, Any], *, select: bool) -> Any:
+        """Step 3 of :meth:`compute_loss`, the one an objective overrides: the model's predictions of the clean
+        tokens from ``noisy_ids`` [B, L], ``outputs.logits`` [N, V] at the ``masked`` positions [B, L] when
+        ``select``, else [B, L, V]. ``input_ids`` (the clean tokens) are unused by MDLM's single bidirectional pass;
+        ``inputs`` are the other model inputs (``attention_mask``, ``document_ids``, ...)."""
+        if select:
+            inputs["logits_mask"] = masked  # [B, L]
+        return model(input_ids=noisy_ids, **inputs)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """Normaliser of the loss over a gradient-accumulation window (and all processes).
