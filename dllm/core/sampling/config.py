@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 Remasking = Literal["low_confidence", "random", "margin", "entropy"]
-CacheMode = Literal["none", "prefix", "dual"]
+CacheMode = Literal["none", "prefix", "dual", "block"]
 
 REMASKING: tuple[str, ...] = ("low_confidence", "random", "margin", "entropy")
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
+CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "block")
 # Saved next to a checkpoint's config.json: the sampler settings the checkpoint was trained for.
 GENERATION_CONFIG_NAME = "diffusion_generation_config.json"
 # Per-call display options, never saved with a checkpoint.
@@ -53,7 +53,8 @@ class DiffusionGenerationConfig:
     unconditional input has the prompt replaced by mask tokens. 0 is off; above 0 doubles the forward passes."""
     cache: CacheMode = "none"
     """Key/value caching (Fast-dLLM): ``none`` is exact; ``prefix`` and ``dual`` are approximations for a
-    bidirectional model, see :mod:`dllm.core.sampling.forward` for when they are exact."""
+    bidirectional model, see :mod:`dllm.core.sampling.forward` for when they are exact. ``block``: a block-diffusion
+    model's exact cache (finished blocks are cached once, each step feeds the current block only)."""
     mask_token_id: int | None = None
     """Defaults to the tokenizer's mask token in the text helpers; required by ``generate`` and ``infill``."""
     eos_token_id: int | None = None
