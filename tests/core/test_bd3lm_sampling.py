@@ -106,3 +106,21 @@ def test_block_cache_and_block_size_rules_and_checkpoint_defaults(tmp_path):
     saved = DiffusionGenerationConfig.from_pretrained(tmp_path)
     assert (saved.cache, saved.block_size, saved.gen_length) == ("block", BLOCK, 12)
     assert generation_defaults(plain.config, gen_length=12) == DiffusionGenerationConfig(gen_length=12)
+
+
+def test_the_demo_trains_block_diffusion_and_saves_its_block_cache(tmp_path, capsys):
+    """``dllm demo --objective bd3lm`` end to end, a few steps: the checkpoint is block-diffusion and its saved
+    sampler settings are the block cache with the trained block size."""
+    from dllm.auto import AutoModelForMaskedDiffusion
+    from dllm.core.models.masked_lm import block_diffusion_size
+    from dllm.demo.run import main
+
+    out = tmp_path / "demo"
+    result = main(["--output_dir", str(out), "--objective", "bd3lm", "--block_size", "2", "--max_steps", "4",
+                   "--num_eval_per_task", "2", "--num_hidden_layers", "1", "--hidden_size", "32",
+                   "--intermediate_size", "64", "--per_device_train_batch_size", "4", "--no_plot"])
+    assert result["steps"] == 4 and result["total"] == 6
+    assert "objective bd3lm (blocks of 2)" in capsys.readouterr().out
+    assert block_diffusion_size(AutoModelForMaskedDiffusion.from_pretrained(out).config) == 2
+    saved = DiffusionGenerationConfig.from_pretrained(out)
+    assert (saved.cache, saved.block_size, saved.gen_length) == ("block", 2, 7)
