@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN
-from dllm.core.trainers.mdlm_trainer import MDLMConfig
+from dllm.core.trainers import OBJECTIVES, BD3LMConfig
 from dllm.errors import UsageError
 
 DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
@@ -112,8 +112,16 @@ class DataArguments:
 
 
 @dataclass
-class SFTConfig(MDLMConfig):
-    """MDLMConfig with SFT defaults."""
+class SFTConfig(BD3LMConfig):
+    """The trainers' config (MDLM's options, BD3LM's ``block_size``) with SFT defaults; ``objective`` picks the
+    trainer (:data:`dllm.core.trainers.OBJECTIVES`)."""
+
+    objective: str = field(
+        default="mdlm",
+        metadata={"help": "Training objective: 'mdlm' (one bidirectional pass over the answer) or 'bd3lm' (block "
+                  "diffusion, --block_size: the checkpoint decodes block by block with an exact cache).",
+                  "choices": list(OBJECTIVES)},
+    )
 
     output_dir: str = field(default="outputs/sft", metadata={"help": "Where checkpoints and the final model go."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
@@ -138,6 +146,8 @@ class SFTConfig(MDLMConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.gen_length < 1:
             raise UsageError(f"gen_length must be a positive integer, got {self.gen_length}")
         super().__post_init__()

@@ -28,7 +28,8 @@ from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerB
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, family_for_model_type, load_config, load_tokenizer
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token, text_config
-from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.core.sampling import DiffusionGenerationConfig, generation_defaults
+from dllm.core.trainers import OBJECTIVES
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
 from dllm.data.collator import SFTDataCollator, tokenize_messages
 from dllm.data.packing import pack_dataset
@@ -277,8 +278,9 @@ def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTraine
                                for split, rows in dataset.items()})
 
     # 3. Train.
-    trainer = MDLMTrainer(model=model, args=training_args, train_dataset=dataset["train"],
-                          eval_dataset=dataset.get("test"), data_collator=collator, processing_class=tokenizer)
+    _, trainer_class = OBJECTIVES[training_args.objective]
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset["train"],
+                            eval_dataset=dataset.get("test"), data_collator=collator, processing_class=tokenizer)
     trainer.train()
     if collator.num_dropped:
         logger.warning("%d rows were dropped: no answer token fits in max_seq_length=%d",
@@ -289,7 +291,7 @@ def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTraine
     #    still running aborts ("terminate called without an active exception"), which failed 1 in ~10
     #    two-process runs.
     save_final(trainer, tokenizer, training_args.output_dir, model_args.lora, base=checkpoint,
-               generation_config=DiffusionGenerationConfig(gen_length=training_args.gen_length))
+               generation_config=generation_defaults(model.config, gen_length=training_args.gen_length))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return trainer
