@@ -22,6 +22,7 @@ from dllm.core.models.masked_lm import (
     text_config,
 )
 from dllm.core.trainers import OBJECTIVES, BD3LMConfig, BD3LMTrainer, MDLMConfig, MDLMTrainer
+from dllm.core.trainers.bd3lm_trainer import first_noisy_column
 from dllm.data.packing import collate_packed
 from tests.helpers import tiny_gemma2_config, tiny_llama_config, tiny_qwen3_config
 
@@ -119,12 +120,16 @@ def spy_on_loss(monkeypatch) -> dict:
     return seen
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["unpacked", "packed"])
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_one_pass_loss_equals_the_per_block_reference(tmp_path, monkeypatch, family, lora, packed):
+CASES = [(family, lora, packed, BLOCK) for family in FAMILIES for lora in (False, True) for packed in (False, True)]
+# Blocks of 2: every prompt (2 tokens) is a whole block, so the noisy copy starts after it.
+CASES += [("llama", False, False, 2), ("gemma2", False, True, 2)]
+
+
+@pytest.mark.parametrize(("family", "lora", "packed", "block"), CASES,
+                         ids=["-".join(map(str, case)).replace("True", "t").replace("False", "f") for case in CASES])
+def test_one_pass_loss_equals_the_per_block_reference(tmp_path, monkeypatch, family, lora, packed, block):
     model = build(family, lora, attention="eager" if family == "gemma2" else "sdpa")
-    trainer = trainer_for(model, tmp_path)
+    trainer = trainer_for(model, tmp_path, block_size=block)
     seen = spy_on_loss(monkeypatch)
     batch, spans = (packed_batch if packed else unpacked_batch)(documents())
     model.train()
@@ -135,7 +140,7 @@ def test_one_pass_loss_equals_the_per_block_reference(tmp_path, monkeypatch, fam
     reference = torch.zeros(*batch["input_ids"].shape, VOCAB, dtype=torch.float64)  # [B, L, V]
     for row, start, n in spans:
         reference[row, start:start + n] = reference_logits(model, batch["input_ids"][row, start:start + n],
-                                                           noisy[row, start:start + n], BLOCK)
+                                                           noisy[row, start:start + n], block)
     # float64 models; eager attention takes its softmax in float32 (transformers' eager_attention_forward), so the
     # one pass (more, masked keys) and the reference differ at float32 rounding there
     tolerance = dict(rtol=1e-6, atol=1e-7) if family == "gemma2" else dict(rtol=1e-9, atol=1e-10)
@@ -169,6 +174,16 @@ def test_a_later_block_changes_no_logit_of_an_earlier_block(tmp_path, family, at
     # and the first block changes the second (the clean context), so the test can see a dependency
     changed_clean[0, 0] = 6
     assert not torch.allclose(logits(changed_clean, noisy)[3:6], before[3:6])
+
+
+def test_the_noisy_copy_starts_at_the_first_block_holding_a_masked_position():
+    masked = torch.zeros(2, 8, dtype=torch.bool)
+    masked[0, 5] = masked[1, [3, 7]] = True
+    assert first_noisy_column(masked, torch.arange(8).expand(2, 8), 2) == 2  # row 1's block [2, 4)
+    assert first_noisy_column(masked[:1], torch.arange(8)[None], 2) == 4
+    packed = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4]])  # a second document from column 3
+    assert first_noisy_column(masked[:1], packed, 2) == 5  # column 5 is position 2: its block opens there
+    assert first_noisy_column(torch.zeros(2, 8, dtype=torch.bool), torch.arange(8).expand(2, 8), 2) == 0
 
 
 def test_one_block_over_the_whole_sequence_is_the_mdlm_loss(tmp_path):

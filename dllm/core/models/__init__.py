@@ -4,11 +4,14 @@ from dllm.core.models.masked_lm import (
     DEFAULT_MASK_TOKEN,
     BidirectionalMaskedLMMixin,
     add_mask_token,
+    block_diffusion_attention_mask,
+    block_diffusion_size,
     check_mask_token_id,
     disable_causal_attention,
     is_bidirectional,
     masked_lm_class,
     set_bidirectional,
+    set_block_diffusion,
     text_config,
 )
 
@@ -16,10 +19,13 @@ __all__ = [
     "DEFAULT_MASK_TOKEN",
     "BidirectionalMaskedLMMixin",
     "add_mask_token",
+    "block_diffusion_attention_mask",
+    "block_diffusion_size",
     "check_mask_token_id",
     "disable_causal_attention",
     "is_bidirectional",
     "masked_lm_class",
     "set_bidirectional",
+    "set_block_diffusion",
     "text_config",
 ]
