@@ -39,6 +39,8 @@ commands:
   merge-lora BASE ADAPTER OUT [--overwrite True]
                          merge a LoRA adapter (dllm sft --lora True writes OUT/adapter) into its base model: a
                          standalone checkpoint with its tokenizer and mask token
+  export CKPT OUT --format sdar
+                         write a block-diffusion Qwen3 checkpoint in SDAR's layout (SGLang's diffusion path)
   version                print the dllm version
 
 `dllm <command> --help` lists a command's flags.
@@ -113,6 +115,12 @@ def _merge_lora(rest: list[str]) -> None:
     merge_main(rest)
 
 
+def _export(rest: list[str]) -> None:
+    from dllm.export.sdar import main as export_main
+
+    export_main(rest)
+
+
 COMMANDS = {
     "sft": _sft,
     "demo": _demo,
@@ -123,6 +131,7 @@ COMMANDS = {
     "chat": _chat,
     "playground": _playground,
     "merge-lora": _merge_lora,
+    "export": _export,
 }
 
 
