@@ -220,3 +220,8 @@ def test_flash_attention_and_plain_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="block_size"):
         BD3LMConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", block_size=0)
     assert OBJECTIVES["mdlm"] == (MDLMConfig, MDLMTrainer)
+    marked = build("llama")
+    trainer_for(marked, tmp_path)
+    with pytest.raises(ValueError, match="train it with BD3LMTrainer"):
+        MDLMTrainer(model=marked, args=MDLMConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
+    trainer_for(marked, tmp_path, block_size=2)  # a block-diffusion checkpoint trains on, blocks of any size

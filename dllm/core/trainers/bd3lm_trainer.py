@@ -65,6 +65,8 @@ class BD3LMTrainer(MDLMTrainer):
     so the saved checkpoint records its objective and block size. Everything else is :class:`MDLMTrainer`'s.
     """
 
+    objective = "bd3lm"
+
     def __init__(self, model: PreTrainedModel | torch.nn.Module | None = None, args: TrainingArguments | None = None,
                  **kwargs: Any):
         if not isinstance(args, BD3LMConfig):

@@ -25,7 +25,7 @@ from dllm.core.diffusion import (
     sample_document_t,
     sample_t,
 )
-from dllm.core.models.masked_lm import check_mask_token_id, text_config
+from dllm.core.models.masked_lm import block_diffusion_size, check_mask_token_id, text_config
 from dllm.core.schedules import SCHEDULES, describe_schedules, make_schedule
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class MDLMTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.schedule = make_schedule(args.schedule, args.schedule_power)
         self.mask_token_id = self._resolve_mask_token_id(mask_token_id)
+        self._check_objective()
         # Per mode: the sum over micro-batches of each diffusion metric, kept on the device, and how many were
         # added. log() reads them (one host sync per log, not per step).
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
@@ -301,6 +302,16 @@ class MDLMTrainer(Trainer):
         if generator is None:
             generator = self._noise_generators[device] = torch.Generator(device=device)
         return generator.manual_seed(noise_seed(*key))
+
+    # The objective this trainer optimises; a model already marked block-diffusion needs BD3LMTrainer.
+    objective = "mdlm"
+
+    def _check_objective(self) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        if self.objective == "mdlm" and block_diffusion_size(base.config) is not None:
+            raise ValueError("the model is block-diffusion (config.json dllm_objective 'bd3lm'), so its forward is "
+                             "block-causal: train it with BD3LMTrainer (dllm sft --objective bd3lm)")
 
     def _resolve_mask_token_id(self, explicit: int | None) -> int:
         candidates = [explicit]
