@@ -245,7 +245,9 @@ def _generate_blocks(model: torch.nn.Module, prompt_ids: torch.Tensor, attention
                      on_block: BlockCallback | None, model_kwargs: dict[str, Any] | None) -> GenerationOutput:
     """:func:`generate` for a block-diffusion model: blocks of the model's own size, aligned to each sequence's
     start (:class:`BlockLayout`), decoded left to right until every row has EOS or ``gen_length`` answer tokens.
-    Returns the caller's layout, ``[B, P + G]`` (history and ``on_block`` canvases too)."""
+    Returns the caller's layout, ``[B, P + G]`` (history and ``on_block`` canvases too). ``steps`` is spread over
+    the canvas's blocks, whose number depends on where the batch's prompts end inside a block; with ``steps=None``
+    (one token per step) or a threshold alone, a prompt's answer does not depend on its batch."""
     if model_kwargs:
         raise ValueError("block-diffusion decoding takes text prompts only (no model_kwargs)")
     if config.block_size not in (None, block_size):
