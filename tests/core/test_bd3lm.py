@@ -18,11 +18,11 @@ from dllm.core.models.masked_lm import (
     OBJECTIVE_KEY,
     block_diffusion_attention_mask,
     block_diffusion_size,
+    first_noisy_column,
     masked_lm_class,
     text_config,
 )
 from dllm.core.trainers import OBJECTIVES, BD3LMConfig, BD3LMTrainer, MDLMConfig, MDLMTrainer
-from dllm.core.trainers.bd3lm_trainer import first_noisy_column
 from dllm.data.packing import collate_packed
 from tests.helpers import tiny_gemma2_config, tiny_llama_config, tiny_qwen3_config
 

@@ -325,6 +325,51 @@ def block_diffusion_attention_mask(config: PretrainedConfig, positions: torch.Te
                         always=lambda batch_idx, head_idx, q_idx, kv_idx: q_idx == kv_idx)
 
 
+def block_diffusion_forward(model: torch.nn.Module, base: PreTrainedModel, noisy_ids: torch.Tensor,
+                            clean_ids: torch.Tensor, inputs: dict[str, Any],
+                            masked: torch.Tensor | None = None) -> MaskedLMOutput:
+    """The block-diffusion denoiser's forward: the noisy ``x_t`` and the clean ``x_0`` (both [B, L]) side by side
+    in one pass, ``x_t ⊕ x_0``, with the mask of :func:`block_causal_rule`; logits of the noisy copy only.
+
+    ``model`` is what is called (it may be wrapped: PEFT, DDP); ``base`` is the unwrapped model, whose config
+    (block size, attention kernel) and dtype build the mask. ``inputs`` holds the other model inputs
+    (``attention_mask``, ``position_ids``, ``document_ids`` of packed rows, ...); the clean copy repeats the noisy
+    copy's positions. With ``masked`` [B, L] the output head runs on the noisy copy's masked positions alone
+    (``logits`` [N, V] in the row-major order of ``masked``), and the noisy copy starts at the first block holding a
+    masked position (:func:`first_noisy_column`): an earlier block's noisy copy would be read by nothing (no loss,
+    and no query sees another block's noisy tokens). Without it, ``logits`` is [B, L, V].
+    """
+    inputs = dict(inputs)
+    documents = inputs.pop("document_ids", None)  # [B, L] packed rows
+    attention = inputs.pop("attention_mask", None)  # [B, L] padding
+    positions = inputs.pop("position_ids", None)  # [B, L] packed rows restart them per document
+    if positions is None:
+        positions = torch.arange(noisy_ids.shape[1], device=noisy_ids.device).expand_as(noisy_ids) \
+            if attention is None else (attention.long().cumsum(dim=-1) - 1).clamp_min(0)  # [B, L]
+    start = 0 if masked is None else first_noisy_column(masked, positions, block_diffusion_size(base.config))
+    both = lambda x: None if x is None else torch.cat([x[:, start:], x], dim=1)  # noqa: E731  [B, L' + L]
+    clean = torch.cat([torch.zeros_like(noisy_ids[:, start:], dtype=torch.bool),
+                       torch.ones_like(noisy_ids, dtype=torch.bool)], dim=1)  # [B, L' + L], True on x_0
+    mask = block_diffusion_attention_mask(base.config, both(positions), base.dtype, clean=clean,
+                                          documents=both(documents), padding=both(attention))
+    if masked is not None:
+        inputs["logits_mask"] = torch.cat([masked[:, start:], torch.zeros_like(masked)], dim=1)  # [B, L' + L]
+    outputs = model(input_ids=torch.cat([noisy_ids[:, start:], clean_ids], dim=1), attention_mask=mask,
+                    position_ids=both(positions), **inputs)
+    if masked is None:
+        outputs.logits = outputs.logits[:, : noisy_ids.shape[1]]  # [B, L, V]
+    return outputs
+
+
+def first_noisy_column(masked: torch.Tensor, positions: torch.Tensor, block_size: int) -> int:
+    """The first column of the earliest block, over the rows of ``masked`` [B, L], that holds a masked position
+    (blocks of ``positions // block_size``); 0 when nothing is masked. One host sync."""
+    has = masked.any(dim=1)  # [B]
+    first = masked.long().argmax(dim=1)  # [B]: the first masked column (argmax returns the first maximum)
+    opens = first - positions.gather(1, first[:, None]).squeeze(1) % block_size  # [B]: where its block begins
+    return int(torch.where(has, opens, masked.shape[1]).min()) if bool(has.any()) else 0
+
+
 _MASKED_LM_CLASSES: dict[type, type] = {}
 
 

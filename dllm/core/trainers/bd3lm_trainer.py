@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import TrainingArguments
 
-from dllm.core.models.masked_lm import block_diffusion_attention_mask, set_block_diffusion
+from dllm.core.models.masked_lm import block_diffusion_forward, set_block_diffusion
 from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
 
 if TYPE_CHECKING:
@@ -80,39 +80,9 @@ class BD3LMTrainer(MDLMTrainer):
 
     def _denoise(self, model: torch.nn.Module, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
                  masked: torch.Tensor, inputs: dict[str, Any], *, select: bool) -> Any:
-        """One forward over ``x_t ⊕ x_0`` [B, L' + L] with the block-diffusion mask; logits of the noisy copy only:
-        [N, V] at ``masked`` when ``select``, else [B, L, V].
-
-        With ``select`` the noisy copy starts at column ``L - L'``: the first block holding a masked position, in the
-        row where that comes first (:func:`first_noisy_column`). The noisy copy of an earlier block (the prompt's
-        whole blocks) would be read by nothing: it takes no loss, and no query sees another block's noisy tokens.
-        """
-        documents = inputs.pop("document_ids", None)  # [B, L] packed rows
-        attention = inputs.pop("attention_mask", None)  # [B, L] padding
-        positions = inputs.pop("position_ids", None)  # [B, L] packed rows restart them per document
-        if positions is None:
-            positions = torch.arange(noisy_ids.shape[1], device=noisy_ids.device).expand_as(noisy_ids) \
-                if attention is None else (attention.long().cumsum(dim=-1) - 1).clamp_min(0)  # [B, L]
-        start = first_noisy_column(masked, positions, self.args.block_size) if select else 0
-        both = lambda x: None if x is None else torch.cat([x[:, start:], x], dim=1)  # noqa: E731  [B, L' + L]
-        clean = torch.cat([torch.zeros_like(noisy_ids[:, start:], dtype=torch.bool),
-                           torch.ones_like(noisy_ids, dtype=torch.bool)], dim=1)  # [B, L' + L], True on x_0
-        base = self._base_model()
-        mask = block_diffusion_attention_mask(base.config, both(positions), base.dtype, clean=clean,
-                                              documents=both(documents), padding=both(attention))
-        if select:  # x_t's masked positions only, in the row-major order of masked
-            inputs["logits_mask"] = torch.cat([masked[:, start:], torch.zeros_like(masked)], dim=1)  # [B, L' + L]
-        outputs = model(input_ids=torch.cat([noisy_ids[:, start:], input_ids], dim=1), attention_mask=mask,
-                        position_ids=both(positions), **inputs)
-        if not select:
-            outputs.logits = outputs.logits[:, : noisy_ids.shape[1]]  # [B, L, V]
-        return outputs
-
-
-def first_noisy_column(masked: torch.Tensor, positions: torch.Tensor, block_size: int) -> int:
-    """The first column of the earliest block, over the rows of ``masked`` [B, L], that holds a masked position
-    (blocks of ``positions // block_size``); 0 when nothing is masked. One host sync."""
-    has = masked.any(dim=1)  # [B]
-    first = masked.long().argmax(dim=1)  # [B]: the first masked column (argmax returns the first maximum)
-    opens = first - positions.gather(1, first[:, None]).squeeze(1) % block_size  # [B]: where its block begins
-    return int(torch.where(has, opens, masked.shape[1]).min()) if bool(has.any()) else 0
+        """One forward over ``x_t ⊕ x_0`` with the block-diffusion mask
+        (:func:`~dllm.core.models.masked_lm.block_diffusion_forward`): logits of the noisy copy only, [N, V] at
+        ``masked`` when ``select`` (the noisy copy then starts at the first block holding a masked position), else
+        [B, L, V]."""
+        return block_diffusion_forward(model, self._base_model(), noisy_ids, input_ids, inputs,
+                                       masked if select else None)
