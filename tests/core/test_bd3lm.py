@@ -225,3 +225,23 @@ def test_flash_attention_and_plain_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match="train it with BD3LMTrainer"):
         MDLMTrainer(model=marked, args=MDLMConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none"))
     trainer_for(marked, tmp_path, block_size=2)  # a block-diffusion checkpoint trains on, blocks of any size
+
+
+@pytest.mark.slow  # flex attention compiles its kernel (about 30 s on CPU)
+def test_flex_attention_takes_the_training_mask_and_gives_sdpas_logits(tmp_path):
+    models, trainers = {}, {}
+    for attention in ("sdpa", "flex_attention"):  # flex on CPU runs float32 only
+        models[attention] = build("llama", attention=attention).float().eval()
+        trainers[attention] = trainer_for(models[attention], tmp_path / attention)
+    models["flex_attention"].load_state_dict(models["sdpa"].state_dict())
+    batch, _ = unpacked_batch(documents())
+    noisy = batch["input_ids"].clone()
+    noisy[:, 3::2] = MASK_ID
+    logits = {}
+    with torch.no_grad():
+        for attention, model in models.items():
+            inputs = {"attention_mask": batch["attention_mask"]}
+            logits[attention] = trainers[attention]._denoise(model, batch["input_ids"], noisy, noisy == MASK_ID,
+                                                             inputs, select=False).logits
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(logits["flex_attention"][real], logits["sdpa"][real], rtol=1e-5, atol=1e-5)
