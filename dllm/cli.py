@@ -47,6 +47,8 @@ commands:
   dpo CKPT --dataset_args F [flags]
                          post-train on preference pairs (prompt, chosen, rejected): DPO with ELBO likelihoods
   demo-rl [flags]        offline demo: a short SFT on the demo tasks, then GRPO and DPO lift held-out exact match
+  export CKPT OUT --format sdar
+                         write a block-diffusion Qwen3 checkpoint in SDAR's layout (SGLang's diffusion path)
   version                print the dllm version
 
 `dllm <command> --help` lists a command's flags.
@@ -136,6 +138,10 @@ def _demo_rl(rest: list[str]) -> None:
     from dllm.demo.rl import main as demo_rl_main
 
     demo_rl_main(rest)
+def _export(rest: list[str]) -> None:
+    from dllm.export.sdar import main as export_main
+
+    export_main(rest)
 
 
 COMMANDS = {
@@ -152,6 +158,7 @@ COMMANDS = {
     "grpo": _grpo,
     "dpo": _dpo,
     "demo-rl": _demo_rl,
+    "export": _export,
 }
 
 

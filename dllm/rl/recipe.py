@@ -15,14 +15,15 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.errors import UsageError
 from dllm.rl.data import load_rows
 from dllm.rl.rewards import resolve_reward
 from dllm.sft.config import ModelArguments
-from dllm.sft.recipe import _Parser, apply_lora, build_model_and_tokenizer, save_final
+from dllm.options import OptionParser
+from dllm.sft.recipe import apply_lora, build_model_and_tokenizer, save_final
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,8 @@ class RLDataArguments:
     )
 
 
-def parse_rl_args(argv: list[str], config_class: type[TrainingArguments]) -> tuple[ModelArguments, RLDataArguments,
-                                                                                      Any]:
+def parse_rl_args(argv: list[str], config_class: type[TrainingArguments],
+                  prog: str = "dllm grpo") -> tuple[ModelArguments, RLDataArguments, Any]:
     """``(model_args, data_args, config)``; ``argv`` starts with the checkpoint (``CKPT``) or gives
     ``--model_name_or_path``.
 
@@ -48,13 +49,8 @@ def parse_rl_args(argv: list[str], config_class: type[TrainingArguments]) -> tup
     """
     if argv and not argv[0].startswith("-"):
         argv = ["--model_name_or_path", argv[0], *argv[1:]]
-    parser = _Parser((ModelArguments, RLDataArguments, config_class))
-    try:
-        model_args, data_args, config = parser.parse_args_into_dataclasses(args=argv)
-    except UsageError:
-        raise
-    except ValueError as err:
-        raise UsageError(" ".join(str(err).split())) from err
+    parser = OptionParser((ModelArguments, RLDataArguments, config_class), prog=prog)  # --config FILE.yaml too
+    model_args, data_args, config = parser.parse(argv)
     if not model_args.model_name_or_path:
         raise UsageError("give the checkpoint to post-train first: dllm grpo|dpo CKPT --dataset_args ...")
     if not data_args.dataset_args:
@@ -104,7 +100,7 @@ def dpo_main(argv: list[str] | None = None) -> Any:
     from dllm.rl.dpo import DiffusionDPOConfig, DiffusionDPOTrainer, PreferenceCollator
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_args, data_args, args = parse_rl_args(list(argv or []), DiffusionDPOConfig)
+    model_args, data_args, args = parse_rl_args(list(argv or []), DiffusionDPOConfig, "dllm dpo")
     checkpoint = model_args.model_name_or_path
     rows = load_rows(data_args.dataset_args, ["prompt", "chosen", "rejected"], seed=args.seed)
     sampler = saved_sampler_settings(checkpoint)

@@ -11,12 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN
-from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
+from dllm.core.trainers import OBJECTIVES  # objective name -> (its config class, its trainer): --objective
 from dllm.errors import UsageError
 from dllm.options import DTYPES
-
-# Objective name -> (its TrainingArguments subclass, its Trainer): `--objective` picks a row; the recipe is the same.
-OBJECTIVES: dict[str, tuple[type, type]] = {"mdlm": (MDLMConfig, MDLMTrainer)}
 
 
 @dataclass
@@ -121,8 +118,9 @@ class SFTDefaults:
     class comes after it in the bases: :func:`sft_config_class`)."""
 
     objective: str = field(
-        default="mdlm", metadata={"help": "Training objective: " + ", ".join(OBJECTIVES) + " (mdlm: masked "
-                                  "diffusion over the whole answer).", "choices": list(OBJECTIVES)})
+        default="mdlm", metadata={"help": "Training objective: 'mdlm' (one bidirectional pass over the answer) or "
+                                  "'bd3lm' (block diffusion: give --block_size after it; the checkpoint decodes block "
+                                  "by block with an exact cache).", "choices": list(OBJECTIVES)})
     output_dir: str = field(default="outputs/sft", metadata={"help": "Where checkpoints and the final model go."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})

@@ -36,7 +36,7 @@ from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from dllm.auto import FAMILIES, GENERIC_FAMILY, ModelFamily, load_config, recipe_family
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token, text_config
-from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.core.sampling import DiffusionGenerationConfig, generation_defaults
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
 from dllm.data.collator import tokenize_messages
 from dllm.data.packing import pack_dataset
@@ -174,7 +174,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: An
     #    still running aborts ("terminate called without an active exception"), which failed 1 in ~10
     #    two-process runs.
     save_final(trainer, processing, training_args.output_dir, model_args.lora, base=checkpoint,
-               generation_config=DiffusionGenerationConfig(gen_length=training_args.gen_length))
+               generation_config=generation_defaults(trainer.accelerator.unwrap_model(model).config,
+                                                     gen_length=training_args.gen_length))
     trainer.accelerator.wait_for_everyone()
     trainer.accelerator.end_training()
     return trainer
