@@ -105,9 +105,9 @@ class ExportArguments:
 
 def main(argv: list[str] | None = None) -> Path:
     """Run ``dllm export CKPT OUT --format sdar [--overwrite True]``."""
-    from dllm.inference.loading import VerbArgumentParser
+    from dllm.options import OptionParser
 
-    parser = VerbArgumentParser((ExportArguments,), prog="dllm export")
+    parser = OptionParser((ExportArguments,), prog="dllm export", config_file=False)
     parser.add_argument("checkpoint", help="A block-diffusion checkpoint (dllm sft --objective bd3lm) of Qwen3.")
     parser.add_argument("out", help="Where the exported checkpoint goes.")
     namespace = parser.parse_args(sys.argv[1:] if argv is None else argv)

@@ -17,17 +17,18 @@ import logging
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, NoReturn, Optional
+from typing import Any, Optional
 
 import torch
-from transformers import HfArgumentParser, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, load_config, load_tokenizer
-from dllm.core.models.masked_lm import check_mask_token_id
+from dllm.core.models.masked_lm import check_mask_token_id, find_mask_token_id
 from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.core.sampling.config import SamplerSettingError, fields_of_kind
 from dllm.errors import UsageError
+from dllm.options import DTYPES, OptionParser, torch_dtype
 from dllm.inference.engine import ContextLengthError, check_fits
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class CheckpointArguments:
     """How to load the checkpoint (every verb)."""
 
     device: str | None = field(default=None, metadata={"help": "cuda, cpu, cuda:1, ... Default: cuda if available."})
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(
-        default="auto", metadata={"help": "Weights dtype; auto keeps the checkpoint's."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype; auto keeps the checkpoint's.",
+                                                 "choices": list(DTYPES)})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Run the checkpoint's own Python code (auto_map in config.json); review it first."})
     num_threads: int = field(default=DEFAULT_NUM_THREADS, metadata={
@@ -87,21 +88,13 @@ class CheckpointArguments:
                 "on the CPU. 0: torch's default (one per core)."})
 
 
-class VerbArgumentParser(HfArgumentParser):
-    """An ``HfArgumentParser`` that reports a flag mistake (unknown flag, bad choice, bad value) as one line,
-    ``<prog>: <message>``, and exits with status 2 like argparse, without the whole usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {' '.join(message.split())}\n")
-
-
 def parse_verb_args(prog: str, argv: list[str], dataclass_types: tuple[type, ...],
                     prompts: bool = False) -> tuple[str, list[str], list[Any]]:
     """Parse ``CHECKPOINT [prompts ...] [flags]`` (positionals and flags in any order).
 
     Returns the checkpoint, the positional prompts (empty unless ``prompts``) and one instance per dataclass.
     """
-    parser = VerbArgumentParser(dataclass_types, prog=prog)
+    parser = OptionParser(dataclass_types, prog=prog, config_file=False)
     parser.add_argument("checkpoint", help="A checkpoint folder or hub id (a dllm sft or dllm demo output).")
     if prompts:
         parser.add_argument("prompts", nargs="*", help="Prompts, each one user turn of the chat template.")
@@ -239,8 +232,7 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
     note_builtin_class(checkpoint, config, options.trust_remote_code)
     tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
     generation = _generation_config(checkpoint, overrides)
-    candidates = (generation.mask_token_id, tokenizer.mask_token_id, getattr(config, "mask_token_id", None))
-    mask_id = next((c for c in candidates if c is not None), None)
+    mask_id = find_mask_token_id(generation.mask_token_id, tokenizer, config)
     if mask_id is None:
         raise UsageError(f"{checkpoint}: no mask token (the tokenizer has none and config.json has no "
                          "mask_token_id); is it a masked diffusion checkpoint (dllm sft)?")
@@ -250,8 +242,7 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
     except ContextLengthError as err:
         raise UsageError(f"{checkpoint}: gen_length {err.gen_length} leaves no room for a prompt in the model's "
                          f"{err.limit} positions (max_position_embeddings)") from err
-    dtype = options.dtype if options.dtype == "auto" else getattr(torch, options.dtype)
-    model = AutoModelForMaskedDiffusion.from_pretrained(checkpoint, dtype=dtype,
+    model = AutoModelForMaskedDiffusion.from_pretrained(checkpoint, dtype=torch_dtype(options.dtype),
                                                         trust_remote_code=options.trust_remote_code)
     try:
         check_mask_token_id(model, mask_id)

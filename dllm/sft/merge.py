@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel
 
 from dllm.auto import AutoModelForMaskedDiffusion, load_processor, load_tokenizer
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.core.sampling import GENERATION_CONFIG_NAME
 from dllm.errors import UsageError
+from dllm.options import DTYPES, torch_dtype
 from dllm.sft.checkpoints import check_writable, refuse_model_folders
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class MergeArguments:
                 "deleted)."})
     dtype: str = field(default="auto", metadata={
         "help": "Dtype to load BASE in and save OUT with (auto keeps BASE's).",
-        "choices": ["auto", "float32", "bfloat16", "float16"]})
+        "choices": list(DTYPES)})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "Run BASE's own Python code (auto_map in config.json); review it first."})
 
@@ -193,7 +193,7 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
     has_tokenizer = any((adapter / name).is_file() for name in _TOKENIZER_FILES)
     tokenizer = load_tokenizer(str(adapter) if has_tokenizer else base, trust_remote_code)
     model = AutoModelForMaskedDiffusion.from_pretrained(
-        base, dtype=dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code=trust_remote_code)
+        base, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
     processor = _load_processor(adapter, base, tokenizer, trust_remote_code)  # after BASE is known to exist
     rows = model.get_input_embeddings().weight.shape[0]
     add_mask_token(model, tokenizer)  # as the recipe did before wrapping the model in LoRA
@@ -222,9 +222,9 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
 
 def main(argv: list[str] | None = None) -> PreTrainedModel:
     """Run ``dllm merge-lora BASE ADAPTER OUT [--overwrite True] [--dtype ...]``."""
-    from dllm.inference.loading import VerbArgumentParser
+    from dllm.options import OptionParser
 
-    parser = VerbArgumentParser((MergeArguments,), prog="dllm merge-lora")
+    parser = OptionParser((MergeArguments,), prog="dllm merge-lora", config_file=False)
     parser.add_argument("base", help="The base checkpoint the adapter was trained from (folder or hub id).")
     parser.add_argument("adapter", help="The adapter folder (dllm sft --lora True writes OUT/adapter).")
     parser.add_argument("out", help="Where the merged checkpoint goes (a new or empty folder).")

@@ -422,3 +422,16 @@ def check_mask_token_id(model: PreTrainedModel, mask_token_id: int | None) -> in
             "call dllm.core.models.add_mask_token(model, tokenizer) before training"
         )
     return mask_token_id
+
+
+def find_mask_token_id(explicit: int | None = None, tokenizer: Any = None,
+                       config: PretrainedConfig | None = None) -> int | None:
+    """The mask token id, the one lookup every caller uses: ``explicit`` (an argument, a saved sampler setting), else
+    the tokenizer's (a processor's tokenizer), else the config's (``text_config`` first, as
+    :func:`add_mask_token` writes both), else None."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a multimodal processor wraps a tokenizer
+    candidates = [explicit, getattr(tokenizer, "mask_token_id", None)]
+    if config is not None:
+        candidates += [getattr(text_config(config), "mask_token_id", None), getattr(config, "mask_token_id", None)]
+    return next((c for c in candidates if c is not None), None)
+

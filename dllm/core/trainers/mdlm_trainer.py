@@ -25,7 +25,7 @@ from dllm.core.diffusion import (
     sample_document_t,
     sample_t,
 )
-from dllm.core.models.masked_lm import block_diffusion_size, check_mask_token_id, text_config
+from dllm.core.models.masked_lm import block_diffusion_size, check_mask_token_id, find_mask_token_id
 from dllm.core.schedules import SCHEDULES, describe_schedules, make_schedule
 
 if TYPE_CHECKING:
@@ -314,16 +314,9 @@ class MDLMTrainer(Trainer):
                              "block-causal: train it with BD3LMTrainer (dllm sft --objective bd3lm)")
 
     def _resolve_mask_token_id(self, explicit: int | None) -> int:
-        candidates = [explicit]
-        processing = self.processing_class
-        tokenizer = getattr(processing, "tokenizer", processing)  # a multimodal processor wraps a tokenizer
-        candidates.append(getattr(tokenizer, "mask_token_id", None))
         unwrapped = self.accelerator.unwrap_model(self.model)
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-        candidates.append(getattr(text_config(base.config), "mask_token_id", None))
-        candidates.append(getattr(base.config, "mask_token_id", None))
-        mask_token_id = next((c for c in candidates if c is not None), None)
-        return check_mask_token_id(base, mask_token_id)
+        return check_mask_token_id(base, find_mask_token_id(explicit, self.processing_class, base.config))
 
     def _record_metrics(self, training: bool, masked: torch.Tensor, labels: torch.Tensor) -> None:
         """Add this micro-batch's masked fraction (masked / maskable tokens) to the running sum, on the device."""

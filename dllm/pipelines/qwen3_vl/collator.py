@@ -28,6 +28,7 @@ import torch
 
 from dllm.core.diffusion import IGNORE_INDEX
 from dllm.data.collator import tokenize_messages
+from dllm.data.multimodal import IMAGE_PLACEHOLDER  # the data layer's: one spelling of the placeholder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PLACEHOLDER = "<image>"
 VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
 
 
