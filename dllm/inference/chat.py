@@ -32,7 +32,7 @@ from dllm.core.sampling.config import SamplerSettingError, fields_of_kind
 from dllm.errors import UsageError
 from dllm.inference.background import SamplerThread
 from dllm.inference.engine import ContextLengthError, VisionPrompt, check_fits, encode_chats, sampler_inputs
-from dllm.inference.images import load_image
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,

@@ -37,7 +37,7 @@ from dllm.inference.engine import (
     model_positions,
     sampler_inputs,
 )
-from dllm.inference.images import load_image
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from dllm.errors import UsageError
 from dllm.inference.engine import Engine, VisionPrompt, check_fits, check_text, encode_chats
-from dllm.inference.images import load_image
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     SamplerOptions,

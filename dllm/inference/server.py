@@ -63,7 +63,7 @@ from dllm.inference.engine import (
     longest_token_chars,
     model_positions,
 )
-from dllm.inference.images import load_image
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
