@@ -47,7 +47,10 @@ def _optional_flags(name: str, cls: type, skip: tuple[str, ...]) -> type:
         base = args[0] if type(None) in typing.get_args(kind) and len(args) == 1 else kind
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata['help']} Default: the checkpoint's {GENERATION_CONFIG_NAME}, else {default!r}."
-        specs.append((f.name, Optional[base], field(default=None, metadata={"help": help_text.replace("%", "%%")})))
+        metadata = {"help": help_text.replace("%", "%%")}
+        if f.metadata.get("aliases"):
+            metadata["aliases"] = f.metadata["aliases"]
+        specs.append((f.name, Optional[base], field(default=None, metadata=metadata)))
     flags = make_dataclass(name, specs)
     flags.__module__ = __name__  # make_dataclass's own ``module=`` needs Python 3.12
     return flags

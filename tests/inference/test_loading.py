@@ -109,3 +109,11 @@ def test_the_config_is_the_only_list_of_sampler_options():
     assert SAMPLER_FIELDS == {("max_tokens" if name == "gen_length" else name): name for name in sampler}
     assert set(SAMPLER_FIELDS) <= set(ChatCompletionRequest.model_fields)
     assert not set(fields_of_kind("token_id", "per_call")) & set(ChatCompletionRequest.model_fields)
+
+
+def test_lladas_block_length_is_an_alias_of_block_size():
+    from dllm.inference.loading import CheckpointArguments, SamplerOptions, parse_verb_args
+
+    _, _, (options, _) = parse_verb_args("dllm sample", ["ckpt", "--block_length", "4"],
+                                         (SamplerOptions, CheckpointArguments))
+    assert options.block_size == 4

@@ -42,8 +42,11 @@ class SamplerSettingError(ValueError):
         self.field, self.message = field, message
 
 
-def _option(default: Any, help: str, kind: str = "sampler") -> Any:
-    return field(default=default, metadata={"help": help, "kind": kind})
+def _option(default: Any, help: str, kind: str = "sampler", aliases: tuple[str, ...] = ()) -> Any:
+    metadata = {"help": help, "kind": kind}
+    if aliases:  # other names users bring (LLaDA's block_length), accepted as flags
+        metadata["aliases"] = list(aliases)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -60,7 +63,8 @@ class DiffusionGenerationConfig:
         "block, at most one per position); None means one token per step. With threshold it is an upper bound."))
     block_size: int | None = _option(None, (
         "Semi-autoregressive blocks (LLaDA arXiv 2502.09992, section 2.4): blocks are decoded left to right and a "
-        "step only commits positions of the current block. None is one block (pure diffusion)."))
+        "step only commits positions of the current block. None is one block (pure diffusion)."),
+        aliases=("--block_length",))
     remasking: Remasking = _option("low_confidence", (
         "How a step ranks the masked positions it may commit, most confident first: low_confidence (LLaDA) by the "
         "probability of the chosen token, random by a uniform draw, margin by top-1 minus top-2 probability, "
