@@ -85,8 +85,8 @@ def check_hub(repo_id: str) -> None:
         raise UsageError(f"{repo_id}: no such checkpoint folder, nor a valid Hugging Face Hub id ({err})") from err
     if constants.HF_HUB_OFFLINE:
         if not cached:
-            raise UsageError(f"{repo_id}: not in the local Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); "
-                             "download it while online, or give a checkpoint folder")
+            raise UsageError(f"{repo_id}: no such checkpoint folder, nor a model in the local Hugging Face cache (the "
+                             "Hub is off: HF_HUB_OFFLINE=1); download it while online, or give a checkpoint folder")
         return
     reason = _hub_unreachable()
     if reason is None:
@@ -94,8 +94,8 @@ def check_hub(repo_id: str) -> None:
     if cached:
         raise UsageError(f"{repo_id}: cannot reach the Hugging Face Hub ({reason}); the local cache has the model: "
                          "set HF_HUB_OFFLINE=1 to load it from there")
-    raise UsageError(f"{repo_id}: cannot reach the Hugging Face Hub ({reason}), and the local cache does not have "
-                     "the model; check the network, or give a checkpoint folder")
+    raise UsageError(f"{repo_id}: no such checkpoint folder, the Hugging Face Hub cannot be reached ({reason}), and "
+                     "the local cache does not have the model; check the network, or give a checkpoint folder")
 
 
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:

@@ -494,14 +494,14 @@ def test_a_hub_id_the_hub_cannot_serve_is_said_at_once(monkeypatch, tmp_path, ca
     with pytest.raises(UsageError) as info:
         load_config("org/model")
     assert time.perf_counter() - began < 5
-    reason = f"cannot reach the Hugging Face Hub (127.0.0.1:{port}: Connection refused)"
+    reason = f"(127.0.0.1:{port}: Connection refused)"
     assert str(info.value) == {
-        "offline": "org/model: not in the local Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); download "
-                   "it while online, or give a checkpoint folder",
-        "unreachable": f"org/model: {reason}, and the local cache does not have the model; check the network, or "
-                       "give a checkpoint folder",
-        "unreachable, cached": f"org/model: {reason}; the local cache has the model: set HF_HUB_OFFLINE=1 to load it "
-                               "from there"}[case]
+        "offline": "org/model: no such checkpoint folder, nor a model in the local Hugging Face cache (the Hub is "
+                   "off: HF_HUB_OFFLINE=1); download it while online, or give a checkpoint folder",
+        "unreachable": f"org/model: no such checkpoint folder, the Hugging Face Hub cannot be reached {reason}, and "
+                       "the local cache does not have the model; check the network, or give a checkpoint folder",
+        "unreachable, cached": f"org/model: cannot reach the Hugging Face Hub {reason}; the local cache has the "
+                               "model: set HF_HUB_OFFLINE=1 to load it from there"}[case]
 
 
 @pytest.mark.slow
@@ -515,7 +515,8 @@ def test_the_command_line_says_an_unreachable_hub_in_one_line(tmp_path):
                          text=True, env=env, cwd=ROOT, timeout=120)
     assert time.perf_counter() - began < 25  # interpreter start and imports; the check itself is instant
     assert (run.returncode, run.stdout, run.stderr.count("\n")) == (2, "", 1), run.stderr
-    assert run.stderr.startswith("dllm sample: org/model: cannot reach the Hugging Face Hub (127.0.0.1:")
+    assert run.stderr.startswith("dllm sample: org/model: no such checkpoint folder, the Hugging Face Hub cannot be "
+                                 "reached (127.0.0.1:")
 
 
 def test_truncated_weights_name_the_file(base):

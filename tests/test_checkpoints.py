@@ -82,6 +82,11 @@ def test_a_missing_checkpoint_path(run, tmp_path):
     assert str(info.value) == (f"--resume_from_checkpoint {tmp_path}/nope: no such checkpoint folder; no complete "
                                f"checkpoint-N in {tmp_path} or {tmp_path}/new; start without --resume_from_checkpoint")
     with pytest.raises(UsageError) as info:
+        resolve_resume_checkpoint(str(run), str(tmp_path / "new"))
+    assert str(info.value) == (f"--resume_from_checkpoint {run}: a run's output folder, not one of its checkpoints; "
+                               f"the latest complete one is {run}/checkpoint-10: pass --resume_from_checkpoint "
+                               f"{run}/checkpoint-10")
+    with pytest.raises(UsageError) as info:
         resolve_resume_checkpoint("True", str(tmp_path / "new"))
     assert str(info.value) == (f"--resume_from_checkpoint True: no checkpoint-N folder in --output_dir {tmp_path}/new "
                                "to resume from; give a checkpoint folder, or start without the flag")

@@ -84,8 +84,9 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     and None start a new run.
 
     Raises:
-        UsageError: no such folder, no checkpoint in ``output_dir`` (for ``True``), or an incomplete checkpoint
-            (naming what is missing and the newest complete checkpoint, if any).
+        UsageError: no such folder, a run's folder rather than one of its checkpoints, no checkpoint in
+            ``output_dir`` (for ``True``), or an incomplete checkpoint (naming what is missing and the newest
+            complete checkpoint, if any).
     """
     value = resume_from_checkpoint
     if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false")):
@@ -104,6 +105,9 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | bool | None, output_
     if not path.is_dir():
         raise UsageError(f"--resume_from_checkpoint {value}: no such checkpoint folder; "
                          f"{_instead([path.parent, Path(output_dir)])}")
+    if checkpoint_folders(path):
+        raise UsageError(f"--resume_from_checkpoint {value}: a run's output folder, not one of its checkpoints; "
+                         f"{_instead([path, Path(output_dir)])}")
     problem = checkpoint_problem(path)
     if problem is not None:
         raise UsageError(f"--resume_from_checkpoint {value}: incomplete checkpoint ({problem}); "
