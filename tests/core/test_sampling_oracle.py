@@ -92,13 +92,16 @@ SETTINGS = list(itertools.product([None, 5, 3], [None, 4, 3], [None, 0.9], ["non
 @pytest.mark.parametrize("steps,block_size,threshold,cache", SETTINGS)
 def test_reproduces_the_target(steps, block_size, threshold, cache, remasking):
     ids, attention, oracle, want = setup()
-    config = DiffusionGenerationConfig(gen_length=G, steps=steps, block_size=block_size, threshold=threshold,
-                                       cache=cache, remasking=remasking, mask_token_id=MASK, record_history=True)
+    if threshold is not None and remasking == "entropy":
+        threshold = -0.5  # entropy's confidence is minus an entropy (<= 0): its threshold is on that scale
     lengths = [b - a for a, b in block_bounds(0, G, block_size)]
-    if steps is not None and steps < len(lengths):
-        with pytest.raises(ValueError, match="fewer than"):
-            generate(oracle, ids, config, attention_mask=attention)
+    settings = dict(gen_length=G, steps=steps, block_size=block_size, threshold=threshold, cache=cache,
+                    remasking=remasking, mask_token_id=MASK, record_history=True)
+    if steps is not None and steps < len(lengths):  # refused when the settings are made, before any work
+        with pytest.raises(ValueError, match="at least the number of blocks"):
+            DiffusionGenerationConfig(**settings)
         return
+    config = DiffusionGenerationConfig(**settings)
     out = generate(oracle, ids, config, attention_mask=attention, generator=torch.Generator().manual_seed(0))
     assert out.sequences.tolist() == want
     budget = sum(steps_per_block(steps, lengths))
