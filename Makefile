@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dllm-installed
 
-.PHONY: demo demo-vl test test-fast test-deepspeed test-eval test-humaneval test-browser install clean
+.PHONY: demo demo-vl demo-rl test test-fast test-deepspeed test-eval test-humaneval test-browser install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 demo-vl: $(STAMP)
 	$(VENV)/bin/dllm demo-vl
+
+# A short SFT on the demo tasks, then GRPO on training prompts lifts held-out exact match (dllm/demo/rl.py).
+demo-rl: $(STAMP)
+	$(VENV)/bin/dllm demo-rl
 
 test: $(STAMP)
 	$(PY) -m pytest -q

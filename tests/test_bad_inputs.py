@@ -268,6 +268,9 @@ def test_tokenizer_without_chat_template_is_refused_at_start(base):
           "be told from that text; choose a string that is not in the vocabulary (default '<|mdm_mask|>') or a "
           "reserved special token"),
     ("", "--mask_token must be a non-empty string (default '<|mdm_mask|>'), got ''"),
+    ("hello", "{base}: --mask_token 'hello' is ordinary text, which the tokenizer would then encode as the mask "
+              "token wherever the data contains it; use markup that text does not hold (default '<|mdm_mask|>') "
+              "or a reserved special token"),
 ])
 def test_mask_token_that_cannot_be_added(base, char_tokenizer, mask_token, expected):
     """No room for a mask token: the tokenizer has none and the one asked for is an ordinary token already."""
@@ -399,3 +402,329 @@ def test_command_line_prints_one_line_and_exits_2(cli_runs, case):
     if case == "sft lora targets":
         lines = [line for line in lines if not _PROGRESS.match(line)]
     assert (process.returncode, lines, out) == (2, [expected], "")
+
+
+# =====================================================================================================================
+# First contact (issue 16): image files, text models given images, checkpoints without tokenizer files, hub ids
+# offline or unreachable, truncated weights. (Resume and output folders: tests/test_checkpoints.py; merge-lora:
+# tests/test_merge_lora.py; the dllm command itself: tests/test_cli.py.)
+# =====================================================================================================================
+def _image_rows(tmp: Path, missing: int) -> Path:
+    """Two ``{messages, images}`` rows whose images are PNG paths beside the file; row ``missing``'s file absent."""
+    from tests.helpers import write_vl_rows
+
+    data = write_vl_rows(tmp, n=2)
+    (tmp / "img" / f"{missing}.png").unlink()
+    return data
+
+
+def test_a_missing_image_file_is_found_when_loading(tmp_path, caplog):
+    """Found with the row and field that name it, not as a FileNotFoundError in the collator mid-training; with
+    skip_invalid a counted, logged skip."""
+    data = _image_rows(tmp_path, missing=1)
+    with pytest.raises(DataValidationError) as info:
+        load_sft_dataset(str(data))
+    assert str(info.value) == f"{data} row 1: images[0]: image file not found: {tmp_path}/img/1.png"
+    with caplog.at_level(logging.WARNING, logger="dllm.data.messages"):
+        kept = load_sft_dataset(str(data), skip_invalid=True)["train"]
+    assert kept["images"] == [[f"{tmp_path}/img/0.png"]]
+    assert caplog.messages == [f"{data}: skipped 1 of 2 rows as invalid (missing image file: 1). First of each: "
+                               f"{data} row 1: images[0]: image file not found: {tmp_path}/img/1.png"]
+
+
+def test_rows_with_images_for_a_text_model_are_refused(tmp_path):
+    """A text model would train on the <image> placeholders as text and never see the images."""
+    data = _image_rows(tmp_path, missing=0)
+    (tmp_path / "img" / "0.png").touch()
+    with pytest.raises(UsageError) as info:
+        load_sft_dataset(str(data), text_only=True)
+    assert str(info.value) == (f"{data} row 0: 'images' holds images, but the model reads text only (it would train "
+                               "on the <image> placeholders as text and never see the images); use a vision-language "
+                               "checkpoint (dllm sft qwen3_vl) or remove the images")
+    text = alpaca_fixture(tmp_path / "a.json")
+    assert len(load_sft_dataset(str(text), text_only=True)["train"]) == 24
+
+
+def test_a_checkpoint_folder_without_tokenizer_files(base):
+    from dllm.auto import load_processor, load_tokenizer
+
+    for file in base.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            file.unlink()
+    for load, what in ((load_tokenizer, "tokenizer"), (load_processor, "processor")):
+        with pytest.raises(UsageError) as info:
+            load(str(base))
+        assert str(info.value) == (f"{base}: cannot load the {what}: the checkpoint folder has no tokenizer files "
+                                   "(tokenizer_config.json, tokenizer.json); save the tokenizer beside the model "
+                                   "(tokenizer.save_pretrained(folder)) or copy its files from the model this one "
+                                   "came from")
+    with pytest.raises(UsageError, match="the checkpoint folder has no tokenizer files"):
+        build_model_and_tokenizer(str(base), ModelArguments())
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["offline", "unreachable", "unreachable, cached"])
+def test_a_hub_id_the_hub_cannot_serve_is_said_at_once(monkeypatch, tmp_path, case):
+    """No retries for half a minute and no false "no such model": offline mode or the Hub's refusal, and whether
+    the cache has the model (then offline mode loads it)."""
+    from huggingface_hub import constants
+
+    from dllm.auto import load_config
+
+    port = _closed_port()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case == "offline")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if case.endswith("cached"):  # the hub cache's layout: refs/main names the snapshot holding the files
+        snapshot = tmp_path / "models--org--model" / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text("{}")
+        (tmp_path / "models--org--model" / "refs").mkdir()
+        (tmp_path / "models--org--model" / "refs" / "main").write_text("0" * 40)
+    began = time.perf_counter()
+    with pytest.raises(UsageError) as info:
+        load_config("org/model")
+    assert time.perf_counter() - began < 5
+    reason = f"cannot reach the Hugging Face Hub (127.0.0.1:{port}: Connection refused)"
+    assert str(info.value) == {
+        "offline": "org/model: not in the local Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); download "
+                   "it while online, or give a checkpoint folder",
+        "unreachable": f"org/model: {reason}, and the local cache does not have the model; check the network, or "
+                       "give a checkpoint folder",
+        "unreachable, cached": f"org/model: {reason}; the local cache has the model: set HF_HUB_OFFLINE=1 to load it "
+                               "from there"}[case]
+
+
+@pytest.mark.slow
+def test_the_command_line_says_an_unreachable_hub_in_one_line(tmp_path):
+    """What the user sees: one line, exit status 2, at once (not 10 "Retrying" lines over 30 s)."""
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    began = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "dllm.cli", "sample", "org/model", "hi"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
+    assert time.perf_counter() - began < 25  # interpreter start and imports; the check itself is instant
+    assert (run.returncode, run.stdout, run.stderr.count("\n")) == (2, "", 1), run.stderr
+    assert run.stderr.startswith("dllm sample: org/model: cannot reach the Hugging Face Hub (127.0.0.1:")
+
+
+def test_truncated_weights_name_the_file(base):
+    """A model.safetensors cut short after its header (a copy or save that was stopped) is named."""
+    from dllm.auto import AutoModelForMaskedDiffusion
+
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UsageError) as info:
+        AutoModelForMaskedDiffusion.from_pretrained(str(base))
+    assert str(info.value) == (f"{weights}: corrupt or truncated weights file (Error while deserializing header: "
+                               "incomplete metadata, file not fully covered); re-save or re-download it")
+
+
+# ==== inference: sampler values, prompt lengths, outputs, ports, adapters (the inference helper's section) =========
+from dllm.core.sampling import DiffusionGenerationConfig  # noqa: E402
+from dllm.core.sampling.config import SamplerSettingError  # noqa: E402
+from tests.helpers import save_tiny_masked_lm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def sampling_checkpoint(tmp_path_factory):
+    """A tiny masked LM (256 positions, saved gen_length 8) the verbs can load."""
+    return save_tiny_masked_lm(tmp_path_factory.mktemp("inference") / "tiny", gen_length=8)
+
+
+@pytest.mark.parametrize(("settings", "field", "message"), [
+    ({"gen_length": 8, "steps": 2, "block_size": 2}, "steps",
+     "must be at least the number of blocks, 4 (gen_length 8 in blocks of 2), got 2"),
+    ({"gen_length": 8, "steps": 9}, "steps", "must be at most gen_length (8), got 9"),
+    ({"steps": "abc"}, "steps", "must be an integer or None, got 'abc'"),
+    ({"threshold": 5.0}, "threshold", "must be None or in (0, 1], got 5.0"),
+    ({"threshold": -1.0}, "threshold", "must be None or in (0, 1], got -1.0"),
+    ({"threshold": 0.5, "remasking": "entropy"}, "threshold",
+     "must be None or at most 0 with entropy remasking (it compares minus the entropy), got 0.5"),
+    ({"temperature": 1e9}, "temperature", "must be in [0, 2.0], got 1000000000.0"),
+    ({"temperature": float("nan")}, "temperature", "must be a number, got nan"),
+    ({"top_p": 0.0}, "top_p", "must be None or in (0, 1], got 0.0"),
+    ({"top_k": True}, "top_k", "must be an integer or None, got True"),
+    ({"cfg_scale": float("inf")}, "cfg_scale", "must be a finite number >= 0, got inf"),
+    ({"cache": "everything"}, "cache", "must be one of none, prefix, dual, got 'everything'"),
+    ({"gen_length": 0}, "gen_length", "must be at least 1, got 0"),
+    ({"mask_token_id": -1}, "mask_token_id", "must be None or a token id (>= 0), got -1"),
+])
+def test_every_sampler_value_is_checked_by_the_config_naming_the_field(settings, field, message):
+    with pytest.raises(SamplerSettingError) as info:
+        DiffusionGenerationConfig(**settings)
+    assert (info.value.field, info.value.message) == (field, message)
+    assert str(info.value) == f"DiffusionGenerationConfig.{field} {message}"
+    from dataclasses import replace
+
+    with pytest.raises(SamplerSettingError):  # replace runs the same checks
+        replace(DiffusionGenerationConfig(gen_length=8), **settings)
+
+
+def test_entropy_threshold_at_most_zero_is_accepted():
+    assert DiffusionGenerationConfig(remasking="entropy", threshold=-0.5).threshold == -0.5
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"gen_length": 0}, "--gen_length must be at least 1, got 0"),  # the flag, not the saved file
+    ({"steps": 2, "block_size": 2}, "--steps must be at least the number of blocks, 4 (gen_length 8 in blocks of 2), "
+                                    "got 2"),
+    ({"gen_length": 100000}, "{ckpt}: gen_length 100000 leaves no room for a prompt in the model's 256 positions "
+                             "(max_position_embeddings)"),
+])
+def test_sampler_flags_are_blamed_on_the_flag(sampling_checkpoint, overrides, expected):
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu"), **overrides)
+    assert str(info.value) == expected.format(ckpt=sampling_checkpoint)
+
+
+def test_sample_refuses_a_prompt_beyond_the_models_positions_before_any_batch(sampling_checkpoint, monkeypatch):
+    from dllm.inference import sample
+    from dllm.inference.engine import Engine
+
+    monkeypatch.setattr(Engine, "run", lambda *a, **k: pytest.fail("the sampler ran"))
+    with pytest.raises(UsageError) as info:
+        sample.main([str(sampling_checkpoint), "ok", "x" * 300, "--device", "cpu"])
+    assert str(info.value) == ("prompt 2 ('xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'): 303 tokens plus gen_length 8 exceed "
+                               "the model's 256 positions (max_position_embeddings)")
+
+
+def test_sample_checks_the_output_path_before_any_work(tmp_path, monkeypatch):
+    from dllm.inference import sample
+
+    monkeypatch.setattr(sample, "load_checkpoint", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UsageError) as info:
+        sample.main([str(tmp_path / "ckpt"), "hi", "--output", str(tmp_path / "file" / "out.jsonl")])
+    assert str(info.value) == (f"--output {tmp_path / 'file' / 'out.jsonl'}: cannot write there (a file stands where "
+                               "a folder of the path belongs)")
+    writable = tmp_path / "new" / "out.jsonl"
+    with pytest.raises(pytest.fail.Exception):  # a writable path passes the check and leaves no file behind
+        sample.main([str(tmp_path / "ckpt"), "hi", "--output", str(writable)])
+    assert not writable.exists()
+
+
+def test_sample_prompt_file_with_a_lone_surrogate_is_one_line(tmp_path):
+    from dllm.inference.sample import read_prompt_file
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "ok"}\n{"prompt": "bad \\ud800 text"}\n')
+    with pytest.raises(UsageError) as info:
+        read_prompt_file(tmp_path / "p.jsonl")
+    assert str(info.value) == (f"{tmp_path / 'p.jsonl'}, line 2: not valid Unicode (a lone surrogate '\\ud800' at "
+                               "character 4); send UTF-8 text")
+    (tmp_path / "p.txt").write_bytes(b"caf\xe9\n")
+    with pytest.raises(UsageError, match=r"p.txt: not UTF-8 text \('utf-8' codec can't decode byte 0xe9"):
+        read_prompt_file(tmp_path / "p.txt")
+
+
+@pytest.mark.parametrize("verb", ["serve", "playground"])
+def test_a_port_out_of_range_is_one_line_before_loading(verb, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi" if verb == "serve" else "gradio")
+    pytest.importorskip("uvicorn" if verb == "serve" else "gradio")
+    module = __import__(f"dllm.inference.{'server' if verb == 'serve' else 'playground'}", fromlist=["main"])
+    monkeypatch.setattr(module, "load_checkpoint", lambda *a, **k: pytest.fail("the checkpoint was loaded"))
+    with pytest.raises(UsageError) as info:
+        module.main([str(tmp_path), "--port", "99999"])
+    assert str(info.value) == "--port must be a TCP port number, 0 to 65535, got 99999"
+
+
+def test_a_lora_adapter_folder_says_how_to_merge_it(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "/b"}))
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(str(adapter))
+    assert str(info.value) == (f"{adapter}: a LoRA adapter (adapter_config.json), not a whole checkpoint; merge it into "
+                               f"its base first: dllm merge-lora /b {adapter} OUT, then use OUT")
+
+
+def test_checkpoint_code_for_a_known_model_type_is_named_in_one_log_line(sampling_checkpoint, tmp_path, caplog):
+    import shutil
+
+    marker = tmp_path / "ran"
+    checkpoint = shutil.copytree(sampling_checkpoint, tmp_path / "own-code")
+    (checkpoint / "configuration_x.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig"}
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="dllm.inference.loading"):
+        load_checkpoint(str(checkpoint), CheckpointArguments(device="cpu"))
+    assert caplog.messages == [f"{checkpoint}: config.json names the checkpoint's own code (auto_map), which is not "
+                               "run; using transformers' built-in Llama classes for model_type 'llama' "
+                               "(--trust_remote_code True runs its code)"]
+    assert not marker.exists()
+
+
+def test_num_threads_is_set_and_checked(sampling_checkpoint):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu", num_threads=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(UsageError) as info:
+        load_checkpoint(str(sampling_checkpoint), CheckpointArguments(num_threads=-1))
+    assert str(info.value) == "--num_threads must be at least 0 (0: torch's default), got -1"
+
+
+def test_chat_settings_refuse_bad_values_and_keep_the_conversation(sampling_checkpoint, capsys):
+    from dllm.inference.chat import Chat
+
+    chat = Chat(load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu")))
+    chat.handle("hello")
+    kept, config = list(chat.messages), chat.config
+    for command in ("/settings steps=abc", "/settings steps=2 block_size=2", "/settings threshold=5",
+                    "/settings temperature=1e9", "/settings gen_length=300"):
+        assert chat.handle(command) is None
+    assert (chat.messages, chat.config) == (kept, config)
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("dllm chat")] == [
+        "dllm chat: settings unchanged: steps must be an integer or None, got 'abc'",
+        "dllm chat: settings unchanged: steps must be at least the number of blocks, 4 (gen_length 8 in blocks of 2), "
+        "got 2",
+        "dllm chat: settings unchanged: threshold must be None or in (0, 1], got 5",
+        "dllm chat: settings unchanged: temperature must be in [0, 2.0], got 1000000000.0",
+        "dllm chat: settings unchanged: gen_length must leave room for a prompt in the model's 256 positions, got 300",
+    ]
+    assert chat.handle("again") is not None and len(chat.messages) == 4  # the conversation goes on
+
+
+def test_chat_refuses_a_turn_beyond_the_models_positions_and_keeps_the_conversation(sampling_checkpoint, capsys):
+    from dllm.inference.chat import Chat
+
+    chat = Chat(load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu")))
+    chat.handle("hello")
+    kept = list(chat.messages)
+    assert chat.handle("x" * 300) is None and chat.messages == kept
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("dllm chat: not answered: the conversation: ") and err.endswith(
+        "tokens plus gen_length 8 exceed the model's 256 positions (max_position_embeddings); /reset starts a new "
+        "conversation")
+
+
+def test_playground_refuses_a_prompt_beyond_the_models_positions(sampling_checkpoint, monkeypatch):
+    from dllm.inference.engine import ContextLengthError
+    from dllm.inference.playground import Playground
+
+    playground = Playground(load_checkpoint(str(sampling_checkpoint), CheckpointArguments(device="cpu")))
+    with pytest.raises(ContextLengthError) as info:
+        playground.prepare("x" * 300, 8, 8, 0, 0, "none")
+    assert str(info.value) == ("the prompt: 303 tokens plus gen_length 8 exceed the model's 256 positions "
+                               "(max_position_embeddings)")
+    tokenizer = playground.loaded.tokenizer
+    monkeypatch.setattr(type(tokenizer), "apply_chat_template", lambda *a, **k: pytest.fail("tokenised"))
+    with pytest.raises(ContextLengthError) as info:  # far too long: refused from its length, before tokenising
+        playground.prepare("x" * 100_000, 8, 8, 0, 0, "none")
+    assert str(info.value) == ("the prompt: at least 3846 tokens (judged by its characters) exceed the model's 256 "
+                               "positions (max_position_embeddings)")

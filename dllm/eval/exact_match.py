@@ -59,6 +59,7 @@ from dllm.core.likelihood import elbo_nll
 from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig
 from dllm.data.collator import assistant_spans
 from dllm.errors import UsageError
+from dllm.options import OptionParser
 from dllm.eval.provenance import check_writable, provenance, write_results
 from dllm.eval.stats import bootstrap_interval, pass_at_k, wilson_interval
 from dllm.eval.sweep import parse_sweep, settings_label, sweep_configs, sweep_table
@@ -66,7 +67,6 @@ from dllm.inference.engine import Engine, cut_at_stop
 from dllm.inference.loading import (
     CheckpointArguments,
     SamplerOptions,
-    VerbArgumentParser,
     load_checkpoint,
     parse_verb_args,
     sampler_overrides,
@@ -464,7 +464,7 @@ def rerun(argv: list[str]) -> dict[str, Any]:
     Raises:
         UsageError: the file cannot be read or is not a result file of ``dllm eval``.
     """
-    (options,) = VerbArgumentParser((RerunArguments,), prog="dllm eval").parse_args_into_dataclasses(argv)
+    (options,) = OptionParser((RerunArguments,), prog="dllm eval", config_file=False).parse_args_into_dataclasses(argv)
     path = Path(options.rerun)
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))

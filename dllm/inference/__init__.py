@@ -5,7 +5,7 @@ OpenAI-compatible HTTP server).
   with it) and the command-line options derived from :class:`~dllm.core.sampling.DiffusionGenerationConfig`.
 - :mod:`~dllm.inference.engine`: prompts to token ids, one sampler call per batch, completions with their ids,
   finish reason and per-block snapshots.
-- :mod:`~dllm.inference.images`: user-supplied images (paths, data URLs, PIL images) to PIL images, with
+- :mod:`~dllm.data.images`: user-supplied images (paths, data URLs, PIL images) to PIL images, with
   one-line errors; never fetches a URL.
 - :mod:`~dllm.inference.sample`: the ``dllm sample`` verb.
 - :mod:`~dllm.inference.batching`: concurrent requests with equal sampler settings share one sampler call.

@@ -22,17 +22,17 @@ setting or image) prints its one-line error on standard error.
 from __future__ import annotations
 
 import ast
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from dllm.core.sampling import DiffusionGenerationConfig, GenerationOutput, StepRecord, answer_ids, generate
+from dllm.core.sampling.config import SamplerSettingError, fields_of_kind
 from dllm.errors import UsageError
-from dllm.inference.engine import VisionPrompt, check_generation_config, encode_chats, sampler_inputs
-from dllm.inference.images import load_image
+from dllm.inference.background import SamplerThread
+from dllm.inference.engine import ContextLengthError, VisionPrompt, check_fits, encode_chats, sampler_inputs
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
@@ -48,8 +48,7 @@ if TYPE_CHECKING:
 MASK_GLYPH = "░"
 SPECIAL_GLYPH = "·"
 # What /settings shows and may change: the sampler options, not the token ids that come with the checkpoint.
-SETTINGS = ("gen_length", "steps", "block_size", "remasking", "threshold", "temperature", "top_k", "top_p",
-            "cfg_scale", "cache")
+SETTINGS = fields_of_kind("sampler")
 HELP = ("/reset  forget the conversation   /settings [name=value ...]  show or change sampler settings   "
         "/image PATH  attach an image to your next message   /quit  leave")
 
@@ -64,11 +63,13 @@ class ChatArguments:
         "help": "Keep every step's canvas on screen, one line each, instead of redrawing one line."})
 
 
-def parse_settings(config: DiffusionGenerationConfig, text: str) -> DiffusionGenerationConfig:
-    """``config`` with ``name=value`` pairs applied (``none`` unsets; numbers as numbers; else a string).
+def parse_settings(config: DiffusionGenerationConfig, text: str, model_config: Any = None) -> DiffusionGenerationConfig:
+    """``config`` with ``name=value`` pairs applied (``none`` unsets; numbers as numbers; else a string); with
+    ``model_config``, an answer length beyond the model's positions is refused too.
 
     Raises:
-        ValueError: an unknown name, a pair without ``=``, or a value the config refuses (the message says which).
+        ValueError: an unknown name or a pair without ``=``; :class:`SamplerSettingError` (a ``ValueError``): a
+            value the config refuses, naming its field.
     """
     changes: dict[str, Any] = {}
     for pair in text.split():
@@ -76,10 +77,13 @@ def parse_settings(config: DiffusionGenerationConfig, text: str) -> DiffusionGen
         if not sep or name not in SETTINGS:
             raise ValueError(f"{pair!r}: expected name=value with a name among {', '.join(SETTINGS)}")
         changes[name] = None if raw.lower() == "none" else _literal(raw)
+    changed = replace(config, **changes)
     try:
-        return check_generation_config(replace(config, **changes))
-    except TypeError as err:  # a string where a number belongs: the config's comparisons refuse it
-        raise ValueError(f"{text}: a value has the wrong type ({err})") from err
+        check_fits(model_config, 1, changed.gen_length)
+    except ContextLengthError as err:
+        raise SamplerSettingError("gen_length", f"must leave room for a prompt in the model's {err.limit} "
+                                                f"positions, got {changed.gen_length}") from err
+    return changed
 
 
 def _literal(raw: str) -> Any:
@@ -123,17 +127,30 @@ class Chat:
         elif command == "/help" or (line.startswith("/") and command != "/"):
             self._say(HELP if command == "/help" else f"unknown command {command}; {HELP}")
         elif line:
-            return self.reply(line)
+            try:
+                return self.reply(line)
+            except ContextLengthError as err:  # the turn is dropped, the conversation kept
+                self._error(f"not answered: {err}; /reset starts a new conversation")
         return None
 
     def reply(self, text: str) -> str:
         """Answer ``text`` as the next user turn (with the attached image, if any; drawing the canvas on a
-        console) and remember both turns."""
+        console) and remember both turns.
+
+        Raises:
+            ContextLengthError: the conversation and the answer do not fit the model's positions (nothing is kept,
+                the image stays attached).
+        """
         content: Any = text if self.image is None else [{"type": "image", "image": self.image},
                                                         {"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": content})
+        try:
+            ids, mask, kwargs = self._inputs()
+            check_fits(self.loaded.model.config, ids.shape[1], self.config.gen_length, "the conversation")
+        except ContextLengthError:
+            self.messages.pop()
+            raise
         self.image = None
-        ids, mask, kwargs = self._inputs()
         out = self._generate(ids, mask, kwargs) if self.console is not None else self._run(ids, mask, kwargs, None)
         answer_row = answer_ids(out.sequences.cpu(), ids.shape[1], self.config.eos_token_id)[0]
         answer = self.loaded.tokenizer.decode(answer_row, skip_special_tokens=True)
@@ -167,35 +184,29 @@ class Chat:
                         model_kwargs=kwargs)
 
     def _generate(self, ids: Any, mask: Any, kwargs: dict[str, Any] | None) -> GenerationOutput:
-        """Run the sampler in a thread; draw each step of each block as the block arrives."""
+        """Run the sampler in a thread; draw each step of each block as the block arrives. An interruption
+        (Ctrl-C) stops the sampler at its next forward pass before it propagates."""
         from rich.live import Live
 
-        blocks: queue.Queue[list[StepRecord] | None] = queue.Queue()
-        result: dict[str, Any] = {}
+        run = SamplerThread(self.loaded.model, lambda on_block: self._run(ids, mask, kwargs, on_block),
+                            name="dllm-chat-sampler")
+        try:
+            with Live(console=self.console, transient=True, refresh_per_second=30) as live:
+                for _index, _x, steps in run.blocks():
+                    self._draw(live, steps, ids.shape[1])
+        except BaseException:
+            run.stop()
+            raise
+        return run.result()
 
-        def work() -> None:
-            try:
-                result["out"] = self._run(ids, mask, kwargs, lambda _index, _x, steps: blocks.put(steps))
-            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread below
-                result["error"] = err
-            finally:
-                blocks.put(None)
-
-        thread = threading.Thread(target=work, name="dllm-chat-sampler", daemon=True)
-        thread.start()
-        with Live(console=self.console, transient=True, refresh_per_second=30) as live:
-            while (steps := blocks.get()) is not None:
-                for record in steps:
-                    view = self._canvas(record, ids.shape[1])
-                    if self.args.show_steps:
-                        live.console.print(view)
-                    else:
-                        live.update(view)
-                    time.sleep(self.args.step_delay)
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        return result["out"]
+    def _draw(self, live: Any, steps: list[StepRecord], prompt_length: int) -> None:
+        for record in steps:
+            view = self._canvas(record, prompt_length)
+            if self.args.show_steps:
+                live.console.print(view)
+            else:
+                live.update(view)
+            time.sleep(self.args.step_delay)
 
     def _canvas(self, record: StepRecord, prompt_length: int) -> Any:
         """One step's answer canvas: masks dim, the tokens this step committed highlighted."""
@@ -211,7 +222,10 @@ class Chat:
     def _settings(self, text: str) -> None:
         if text.strip():
             try:
-                self.config = parse_settings(self.config, text)
+                self.config = parse_settings(self.config, text, self.loaded.model.config)
+            except SamplerSettingError as err:
+                self._error(f"settings unchanged: {err.field} {err.message}")
+                return
             except ValueError as err:
                 self._error(f"settings unchanged: {err}")
                 return

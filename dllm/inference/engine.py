@@ -13,11 +13,12 @@ inputs when their batch runs (:func:`sampler_inputs`: the checkpoint's processor
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from dllm.errors import UsageError
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, block_bounds, generate, left_pad
 from dllm.core.sampling.loop import BlockCallback
 
@@ -32,6 +33,9 @@ class VisionPrompt:
     format). The checkpoint's processor makes its token ids when its batch runs."""
 
     messages: list[dict[str, Any]]
+    prepared: tuple[int, tuple] | None = field(default=None, repr=False, compare=False)
+    """``(gen_length, sampler inputs)`` of this conversation alone, kept by :meth:`Engine.prompt_length` (which
+    processes it to count its tokens) so that a batch of this one prompt is not processed again."""
 
 
 Prompts = list[list[int]] | list[VisionPrompt]
@@ -83,14 +87,78 @@ def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[l
 
 
 def check_generation_config(config: DiffusionGenerationConfig) -> DiffusionGenerationConfig:
-    """The config, if :func:`generate` accepts it (the field checks ran when it was built).
+    """The config, checked again (``validate``: every field and their relations); for a config whose fields were
+    assigned after it was built (``dataclasses.replace`` and the constructor check by themselves).
 
     Raises:
-        ValueError: ``steps`` above ``gen_length``.
+        SamplerSettingError: a value refused, naming the field.
     """
-    if config.steps is not None and config.steps > config.gen_length:
-        raise ValueError(f"steps ({config.steps}) must not exceed the answer length ({config.gen_length})")
+    config.validate()
     return config
+
+
+class ContextLengthError(UsageError):
+    """A prompt and answer that do not fit the model's positions (``max_position_embeddings``); ``where`` names the
+    prompt (a request field)."""
+
+    def __init__(self, prompt_tokens: int, gen_length: int, limit: int, where: str = "the prompt"):
+        what = (f"{where}: at least {prompt_tokens} tokens (judged by its characters)" if not gen_length
+                else f"{where}: {prompt_tokens} tokens plus gen_length {gen_length}")
+        super().__init__(f"{what} exceed the model's {limit} positions (max_position_embeddings)")
+        self.prompt_tokens, self.gen_length, self.limit, self.where = prompt_tokens, gen_length, limit, where
+
+
+def model_positions(model_config: Any) -> int | None:
+    """How many positions the model has (``max_position_embeddings``, in the text config of a vision-language
+    model), or ``None`` when its config does not say."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    if limit is None:
+        limit = getattr(getattr(model_config, "text_config", None), "max_position_embeddings", None)
+    return limit
+
+
+def check_fits(model_config: Any, prompt_tokens: int, gen_length: int, where: str = "the prompt") -> None:
+    """Refuse a prompt of ``prompt_tokens`` plus ``gen_length`` answer positions beyond the model's positions,
+    before any work: past them a model's answers are garbage, and the work grows with the square of the length.
+
+    Raises:
+        ContextLengthError: they do not fit.
+    """
+    limit = model_positions(model_config)
+    if limit is not None and prompt_tokens + gen_length > limit:
+        raise ContextLengthError(prompt_tokens, gen_length, limit, where)
+
+
+def longest_token_chars(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters of text one token can stand for: its longest vocabulary entry (a byte-level BPE entry
+    has one character per byte, a SentencePiece one per character; added tokens are their text)."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+def check_prompt_chars(chars: int, most_per_token: int, positions: int | None, where: str) -> None:
+    """Refuse, before tokenising it, a prompt of ``chars`` characters that cannot fit ``positions`` tokens of at most
+    ``most_per_token`` characters each (twice that, for normalizers that compose characters): tokenising megabytes
+    takes seconds that a bound on the answer does not save.
+
+    Raises:
+        ContextLengthError: more characters than ``positions`` such tokens can hold.
+    """
+    if positions is not None and chars > 2 * most_per_token * positions:
+        raise ContextLengthError(chars // (2 * most_per_token), 0, positions, where)
+
+
+def check_text(text: str, where: str) -> str:
+    """``text``, if it is valid Unicode: JSON's ``"\\ud800"`` decodes to a lone surrogate, which no tokenizer takes.
+
+    Raises:
+        UsageError: naming ``where`` and the first lone surrogate.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UsageError(f"{where}: not valid Unicode (a lone surrogate {text[err.start]!r} at character "
+                         f"{err.start}); send UTF-8 text") from err
+    return text
 
 
 def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
@@ -146,23 +214,37 @@ class Engine:
         self.device = next(model.parameters()).device
         self.sampler_calls = 0
 
-    def prompt_length(self, prompt: list[int] | VisionPrompt) -> int:
-        """Tokens in a prompt (a vision prompt's image placeholders included)."""
+    def prompt_length(self, prompt: list[int] | VisionPrompt, gen_length: int | None = None,
+                      keep: bool = True) -> int:
+        """Tokens in a prompt (a vision prompt's image placeholders included: it is processed for an answer of
+        ``gen_length``, default the engine's, and with ``keep`` holds what it was processed into, see
+        :attr:`VisionPrompt.prepared`; a caller that will batch it with others has no use for that)."""
         if not isinstance(prompt, VisionPrompt):
             return len(prompt)
-        _, mask, _ = sampler_inputs(self.model, [prompt], 0, self.config.pad_token_id, self.processor)
-        return int(mask.sum())
+        length = self.config.gen_length if gen_length is None else gen_length
+        inputs = sampler_inputs(self.model, [prompt], length, self.config.pad_token_id, self.processor)
+        prompt.prepared = (length, inputs) if keep else None
+        return int(inputs[1].sum())
+
+    def _inputs(self, prompts: Prompts, config: DiffusionGenerationConfig) -> tuple:
+        """The batch's sampler inputs: a lone vision prompt's prepared ones when they fit ``config``."""
+        lone = prompts[0] if len(prompts) == 1 else None
+        if isinstance(lone, VisionPrompt) and lone.prepared is not None and lone.prepared[0] == config.gen_length:
+            return lone.prepared[1]
+        return sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id, self.processor)
 
     def run(self, prompts: Prompts, config: DiffusionGenerationConfig | None = None,
-            history: bool = False, on_block: BlockIds | None = None) -> list[Completion]:
+            history: bool = False, on_block: BlockIds | None = None, seed: int | None = None) -> list[Completion]:
         """Answer the prompts (token ids, or :class:`VisionPrompt` conversations) in one sampler call (``history``:
         also keep per-block snapshots; ``on_block(index, rows)``: called from the sampler's thread after each
-        finished block, see :data:`BlockIds`)."""
-        config = check_generation_config(replace(config or self.config, record_history=history, progress=False))
-        ids, mask, kwargs = sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id,
-                                           self.processor)  # [B, P]
+        finished block, see :data:`BlockIds`; ``seed``: the sampler's random draws come from a generator seeded
+        so)."""
+        config = replace(config or self.config, record_history=history, progress=False)
+        ids, mask, kwargs = self._inputs(prompts, config)  # [B, P]
         callback = None if on_block is None else _answers_after_block(on_block, ids.shape[1], config)
-        out = generate(self.model, ids, config, attention_mask=mask, on_block=callback, model_kwargs=kwargs)
+        generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        out = generate(self.model, ids, config, attention_mask=mask, generator=generator, on_block=callback,
+                       model_kwargs=kwargs)
         self.sampler_calls += 1
         sequences = out.sequences.cpu()  # [B, P + G]
         answers = answer_ids(sequences, ids.shape[1], config.eos_token_id)

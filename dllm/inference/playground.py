@@ -18,26 +18,39 @@ the prompt (before its text), under every sampler setting.
 from __future__ import annotations
 
 import html
-import queue
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dllm.core.sampling import CACHE_MODES, DiffusionGenerationConfig, StepRecord, answer_ids, generate
+from dllm.core.sampling.config import SamplerSettingError
 from dllm.errors import UsageError
+from dllm.inference.background import SamplerThread
 from dllm.inference.chat import MASK_GLYPH, token_pieces
-from dllm.inference.engine import VisionPrompt, check_generation_config, encode_chats, sampler_inputs
-from dllm.inference.images import load_image
+from dllm.inference.engine import (
+    VisionPrompt,
+    check_fits,
+    check_prompt_chars,
+    encode_chats,
+    longest_token_chars,
+    model_positions,
+    sampler_inputs,
+)
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
     SamplerOptions,
+    check_port,
     load_checkpoint,
     parse_verb_args,
     sampler_overrides,
 )
+
+
+SLIDER_MAX = 256
+"""The longest answer the page's sliders offer (fewer when the model has fewer positions)."""
 
 
 @dataclass
@@ -72,26 +85,20 @@ def _records(loaded: LoadedCheckpoint, inputs: tuple, config: DiffusionGeneratio
              ) -> Iterator[StepRecord | list[int]]:
     """Each step's record as soon as its block is finished, then the answer ids (before EOS); ``inputs`` are
     :func:`~dllm.inference.engine.sampler_inputs`' for one prompt."""
-    blocks: queue.Queue[list[StepRecord] | None] = queue.Queue()
-    result: dict[str, Any] = {}
     ids, mask, kwargs = inputs
 
-    def work() -> None:
-        try:
-            out = generate(loaded.model, ids, replace(config, record_history=True), attention_mask=mask,
-                           on_block=lambda _index, _x, steps: blocks.put(steps), model_kwargs=kwargs)
-            result["ids"] = answer_ids(out.sequences.cpu(), ids.shape[1], config.eos_token_id)[0]
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
-            result["error"] = err
-        finally:
-            blocks.put(None)
+    def work(on_block: Any) -> list[int]:
+        out = generate(loaded.model, ids, replace(config, record_history=True), attention_mask=mask,
+                       on_block=on_block, model_kwargs=kwargs)
+        return answer_ids(out.sequences.cpu(), ids.shape[1], config.eos_token_id)[0]
 
-    threading.Thread(target=work, name="dllm-playground-sampler", daemon=True).start()
-    while (steps := blocks.get()) is not None:
-        yield from steps
-    if "error" in result:
-        raise result["error"]
-    yield result["ids"]
+    run = SamplerThread(loaded.model, work, name="dllm-playground-sampler")
+    try:
+        for _index, _x, steps in run.blocks():
+            yield from steps
+    finally:  # the page went away (the generator is closed): the sampler stops at its next forward
+        run.stop()
+    yield run.result()
 
 
 class Playground:
@@ -99,13 +106,18 @@ class Playground:
 
     def __init__(self, loaded: LoadedCheckpoint):
         self.loaded = loaded
+        self.most_chars = longest_token_chars(loaded.tokenizer)
 
     def settings(self, gen_length: float, steps: float, block_size: float, threshold: float,
                  cache: str) -> DiffusionGenerationConfig:
-        """The checkpoint's settings with the page's (0 block size or threshold: off)."""
-        return check_generation_config(replace(
-            self.loaded.generation_config, gen_length=int(gen_length), steps=int(steps),
-            block_size=int(block_size) or None, threshold=float(threshold) or None, cache=cache, progress=False))
+        """The checkpoint's settings with the page's (0 block size or threshold: off).
+
+        Raises:
+            SamplerSettingError: a setting the sampler refuses, naming it.
+        """
+        return replace(self.loaded.generation_config, gen_length=int(gen_length), steps=int(steps),
+                       block_size=int(block_size) or None, threshold=float(threshold) or None, cache=cache,
+                       progress=False)
 
     def prepare(self, prompt: str, gen_length: float, steps: float, block_size: float, threshold: float,
                 cache: str, image: Any = None) -> tuple[DiffusionGenerationConfig, tuple]:
@@ -113,16 +125,22 @@ class Playground:
 
         Raises:
             ValueError: a setting the sampler refuses; :class:`~dllm.errors.UsageError` (a ``ValueError``): an
-                image for a checkpoint that takes none, or one that cannot be read.
+                image for a checkpoint that takes none, or one that cannot be read, or a prompt and answer beyond
+                the model's positions (:class:`~dllm.inference.engine.ContextLengthError`).
         """
         config = self.settings(gen_length, steps, block_size, threshold, cache)
+        model = self.loaded.model
+        check_prompt_chars(len(prompt), self.most_chars, model_positions(model.config), "the prompt")
         if image is None:
             ids = encode_chats(self.loaded.tokenizer, [[{"role": "user", "content": prompt}]])[0]
-            return config, sampler_inputs(self.loaded.model, [ids], config.gen_length, config.pad_token_id)
-        processor = self.loaded.image_processor("an image")
-        content = [{"type": "image", "image": load_image(image, "the image")}, {"type": "text", "text": prompt}]
-        return config, sampler_inputs(self.loaded.model, [VisionPrompt([{"role": "user", "content": content}])],
-                                      config.gen_length, config.pad_token_id, processor)
+            inputs = sampler_inputs(model, [ids], config.gen_length, config.pad_token_id)
+        else:
+            processor = self.loaded.image_processor("an image")
+            content = [{"type": "image", "image": load_image(image, "the image")}, {"type": "text", "text": prompt}]
+            inputs = sampler_inputs(model, [VisionPrompt([{"role": "user", "content": content}])],
+                                    config.gen_length, config.pad_token_id, processor)
+        check_fits(model.config, inputs[0].shape[1], config.gen_length)
+        return config, inputs
 
     def updates(self, config: DiffusionGenerationConfig, inputs: tuple) -> Iterator[tuple[str, str, Any]]:
         """The canvas after every step, then the answer, as (canvas HTML, answer, tokens-per-step) triples."""
@@ -152,6 +170,8 @@ class Playground:
 
         try:
             config, inputs = self.prepare(prompt, gen_length, steps, block_size, threshold, cache, image)
+        except SamplerSettingError as err:
+            raise gr.Error(f"{err.field} {err.message}") from err
         except ValueError as err:  # UsageError included
             raise gr.Error(str(err)) from err
         yield from self.updates(config, inputs)
@@ -186,10 +206,13 @@ def build_app(loaded: LoadedCheckpoint) -> Any:
             image = gr.Image(type="pil", label="Image (optional)", elem_id="image", scale=2, height=160) \
                 if loaded.takes_images else None
             button = gr.Button("Generate", variant="primary", elem_id="generate", scale=1)
+        longest = min(SLIDER_MAX, (model_positions(loaded.model.config) or SLIDER_MAX + 1) - 1)  # a prompt token
         with gr.Row():
-            gen_length = gr.Slider(1, 256, value=config.gen_length, step=1, label="answer length", elem_id="length")
-            steps = gr.Slider(1, 256, value=config.steps or config.gen_length, step=1, label="steps", elem_id="steps")
-            block = gr.Slider(0, 256, value=config.block_size or 0, step=1, label="block size (0: one block)",
+            gen_length = gr.Slider(1, longest, value=config.gen_length, step=1, label="answer length",
+                                   elem_id="length")
+            steps = gr.Slider(1, longest, value=config.steps or config.gen_length, step=1, label="steps",
+                              elem_id="steps")
+            block = gr.Slider(0, longest, value=config.block_size or 0, step=1, label="block size (0: one block)",
                               elem_id="block")
             threshold = gr.Slider(0, 1, value=config.threshold or 0, step=0.05, label="threshold (0: off)",
                                   elem_id="threshold")
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint, _, (args, load_args, options) = parse_verb_args(
         "dllm playground", sys.argv[1:] if argv is None else argv,
         (PlaygroundArguments, CheckpointArguments, SamplerOptions))
+    check_port(args.port)
     loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
     if loaded.tokenizer.chat_template is None:
         raise UsageError(f"{checkpoint}: the tokenizer has no chat template")

@@ -14,53 +14,95 @@ reads: :mod:`dllm.inference.server`).
 from __future__ import annotations
 
 import time
+import typing
 import uuid
+from dataclasses import fields
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from dllm.core.sampling.config import CacheMode, Remasking
+from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.core.sampling.config import fields_of_kind
 
-# Request field -> DiffusionGenerationConfig field.
-SAMPLER_FIELDS = {"max_tokens": "gen_length", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
-                  "steps": "steps", "block_size": "block_size", "threshold": "threshold", "cache": "cache",
-                  "remasking": "remasking", "cfg_scale": "cfg_scale"}
+# OpenAI's names for sampler options that it has too; every other sampler option keeps its own name.
+_OPENAI_NAMES = {"gen_length": "max_tokens"}
+SAMPLER_FIELDS = {_OPENAI_NAMES.get(name, name): name for name in fields_of_kind("sampler")}
+"""Request field -> DiffusionGenerationConfig field: every sampler option (not the token ids, not the display
+switches), built from the dataclass."""
+REQUEST_NAMES = {target: name for name, target in SAMPLER_FIELDS.items()}
+"""DiffusionGenerationConfig field -> request field."""
+# OpenAI fields that clients (LangChain, LiteLLM, Open WebUI) send by default, with the values that ask for nothing:
+# accepted when they have them, refused with a 400 that says what is not supported otherwise.
+NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {
+    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0), "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0), "logit_bias": (None, {}), "tools": (None, []), "tool_choice": (None, "none"),
+    "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""),
+}
+STRICT = ConfigDict(extra="forbid", strict=True)  # "stream": "yes" is not a boolean, 4.5 is not max_tokens
 
 
 class StreamOptions(BaseModel):
+    model_config = STRICT
+
     include_usage: bool = False
 
 
-class _Request(BaseModel):
-    """Fields shared by chat and text completions."""
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)  # json_schema's schema: refused below, by its type
 
-    model_config = ConfigDict(extra="forbid")
+    type: str
+
+
+def _sampler_fields() -> dict[str, Any]:
+    """The request's sampler fields: each ``DiffusionGenerationConfig`` sampler option, optional, of its type."""
+    hints = typing.get_type_hints(DiffusionGenerationConfig)
+    specs: dict[str, Any] = {}
+    for f in fields(DiffusionGenerationConfig):
+        if f.name in REQUEST_NAMES:
+            specs[REQUEST_NAMES[f.name]] = (hints[f.name] | None, Field(default=None, description=f.metadata["help"]))
+    return specs
+
+
+class _OpenAIFields(BaseModel):
+    """Fields shared by chat and text completions, besides the sampler options."""
+
+    model_config = STRICT
 
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    steps: int | None = None
-    block_size: int | None = None
-    threshold: float | None = None
-    cache: CacheMode | None = None
-    remasking: Remasking | None = None
-    cfg_scale: float | None = None
     n: int = Field(default=1, ge=1, le=16)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     user: str | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    top_logprobs: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # meaningless without tools: any value asks for nothing
 
     def overrides(self) -> dict[str, Any]:
         """The sampler options the request sets, as ``DiffusionGenerationConfig`` keyword arguments."""
         return {target: getattr(self, name) for name, target in SAMPLER_FIELDS.items()
                 if getattr(self, name) is not None}
 
+    def unsupported(self) -> tuple[str, str] | None:
+        """The first field set to a value this server cannot honour, and why; ``None`` when there is none."""
+        for name, neutral in NEUTRAL_VALUES.items():
+            value = getattr(self, name, None)
+            if not any(value == v and type(value) is type(v) for v in neutral):
+                return name, f"{name}={value!r} is not supported (a diffusion sampler has no such option); " \
+                             f"leave it out or send {neutral[1]!r}"
+        return None
+
     def stop_strings(self) -> list[str]:
         """``stop`` as a list."""
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+_Request = create_model("_Request", __base__=_OpenAIFields, **_sampler_fields())
 
 
 class TextPart(BaseModel):
@@ -82,9 +124,9 @@ ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # e.g. "name"
+    model_config = ConfigDict(extra="ignore", strict=True)  # e.g. "name"
 
-    role: str
+    role: Literal["system", "developer", "user", "assistant"]  # developer: OpenAI's newer name for system
     content: str | list[ContentPart]
 
     def text(self) -> str:
@@ -99,7 +141,16 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """As :meth:`_OpenAIFields.unsupported`; a ``response_format`` other than text too."""
+        if self.response_format is not None and self.response_format.type != "text":
+            return "response_format", (f"response_format {self.response_format.type!r} is not supported; only "
+                                       "'text' (structured output needs constrained decoding)")
+        return super().unsupported()
 
     def overrides(self) -> dict[str, Any]:
         """As :meth:`_Request.overrides`; ``max_completion_tokens`` (the newer name) wins over ``max_tokens``."""
@@ -111,6 +162,27 @@ class ChatCompletionRequest(_Request):
 
 class CompletionRequest(_Request):
     prompt: str | list[str] = Field(min_length=1)
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+def invalid_text(value: Any, where: str = "") -> str | None:
+    """The path (``messages[0].content``) of the first string in ``value`` (a request's ``model_dump()``) that is
+    not valid Unicode (JSON's ``"\\ud800"`` is a lone surrogate, which no tokenizer takes), else ``None``."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "body"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = invalid_text(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,

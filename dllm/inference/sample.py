@@ -28,8 +28,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dllm.errors import UsageError
-from dllm.inference.engine import Engine, VisionPrompt, encode_chats
-from dllm.inference.images import load_image
+from dllm.inference.engine import Engine, VisionPrompt, check_fits, check_text, encode_chats
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     SamplerOptions,
@@ -67,6 +67,13 @@ def user_prompt(text: str) -> Prompt:
     return Prompt(text, [{"role": "user", "content": text}])
 
 
+def _valid_unicode(messages: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+    """``messages``, if every content is valid Unicode (JSON can spell a lone surrogate, ``"\\ud800"``)."""
+    for message in messages:
+        check_text(message["content"], where)
+    return messages
+
+
 def _messages(row: Any) -> list[dict[str, str]] | None:
     """A JSONL row's conversation, or None if it is neither ``{"messages": [...]}`` nor ``{"prompt": "..."}``."""
     if isinstance(row, dict) and isinstance(row.get("prompt"), str) and "messages" not in row:
@@ -92,7 +99,8 @@ def _jsonl_prompts(path: Path, lines: list[str]) -> list[Prompt]:
         if messages is None:
             raise UsageError(f'{path}, line {number}: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}} '
                              'or {"prompt": "..."}')
-        prompts.append(Prompt(row.get("messages", row.get("prompt")), messages))
+        given = row.get("messages", row.get("prompt"))
+        prompts.append(Prompt(given, _valid_unicode(messages, f"{path}, line {number}")))
     return prompts
 
 
@@ -100,12 +108,16 @@ def read_prompt_file(path: str | Path) -> list[Prompt]:
     """Prompts of a ``.jsonl`` file (one JSON object a line) or of a text file (one prompt a line).
 
     Raises:
-        UsageError: no such file, no prompts in it, or a JSONL line that is not a prompt (naming file and line).
+        UsageError: no such file, not UTF-8 text, no prompts in it, or a JSONL line that is not a prompt or holds
+            invalid Unicode (naming file and line).
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such prompt file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err})") from err
     if path.suffix == ".jsonl":
         prompts = _jsonl_prompts(path, lines)
     else:
@@ -148,6 +160,36 @@ def with_image(messages: list[dict[str, str]], image: Any) -> list[dict[str, Any
     return out
 
 
+def check_writable(out: Path, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work: its folder is created, and the file opened
+    for appending (and removed again if it did not exist), so nothing computed is lost to a bad path.
+
+    Raises:
+        UsageError: naming ``flag``, the path and the operating system's reason.
+    """
+    existed = out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a", encoding="utf-8"):
+            pass
+    except FileExistsError as err:  # mkdir met a file where a folder of the path belongs
+        raise UsageError(f"{flag} {out}: cannot write there (a file stands where a folder of the path belongs)") \
+            from err
+    except OSError as err:
+        raise UsageError(f"{flag} {out}: cannot write there ({err.strerror or err})") from err
+    if not existed:
+        out.unlink()
+
+
+def _check_lengths(engine: Engine, prompts: list[Prompt], inputs: list[list[int]] | list[VisionPrompt],
+                   keep: bool) -> None:
+    """Refuse, before the first batch, a prompt that does not fit the model's positions with the answer (``keep``:
+    a vision prompt keeps what it was processed into, for a batch of its own)."""
+    for number, (prompt, given) in enumerate(zip(prompts, inputs), start=1):
+        check_fits(engine.model.config, engine.prompt_length(given, keep=keep), engine.config.gen_length,
+                   f"prompt {number} ({str(prompt.given)[:40]!r})")
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run ``dllm sample`` with command-line ``argv``; returns the output rows.
 
@@ -158,11 +200,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "dllm sample", sys.argv[1:] if argv is None else argv,
         (SampleArguments, CheckpointArguments, SamplerOptions), prompts=True)
     prompts = [user_prompt(text) for text in positional]
+    for number, prompt in enumerate(prompts, start=1):  # undecodable argument bytes arrive as lone surrogates
+        _valid_unicode(prompt.messages, f"prompt argument {number}")
     prompts += read_prompt_file(args.prompt_file) if args.prompt_file else []
     if not prompts:
         raise UsageError("no prompts: give them as arguments or with --prompt_file")
     if args.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.output is not None:
+        check_writable(Path(args.output), "--output")
     processor = image = None
     if args.image is not None:  # checked before the weights are read
         processor = load_image_processor(checkpoint, load_args)
@@ -174,6 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"{checkpoint}: {err}") from err
     inputs = None if image is None else [VisionPrompt(with_image(p.messages, image)) for p in prompts]
     engine = Engine(loaded.model, loaded.tokenizer, loaded.generation_config, processor)
+    _check_lengths(engine, prompts, inputs or ids, keep=args.batch_size == 1)
     rows = answer(engine, prompts, ids, args.batch_size, inputs)
     if args.output is None:
         for row in rows:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -47,36 +46,43 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.core.sampling.config import SamplerSettingError
 from dllm.errors import UsageError
 from dllm.inference.batching import Batcher
 from dllm.inference.engine import (
     Completion,
     Engine,
+    ContextLengthError,
     TextStream,
     VisionPrompt,
-    check_generation_config,
+    check_fits,
+    check_prompt_chars,
     cut_at_stop,
     encode_chats,
     encode_texts,
+    longest_token_chars,
+    model_positions,
 )
-from dllm.inference.images import load_image
+from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
     LoadedCheckpoint,
     SamplerOptions,
+    check_port,
     check_takes_images,
     load_checkpoint,
     parse_verb_args,
     sampler_overrides,
 )
 from dllm.inference.protocol import (
-    SAMPLER_FIELDS,
+    REQUEST_NAMES,
     ChatCompletionRequest,
     ChatMessage,
     CompletionRequest,
     TextPart,
     chat_response,
     error_body,
+    invalid_text,
     new_id,
     now,
     text_response,
@@ -97,6 +103,9 @@ class ServeArguments:
     batch_window_ms: float = field(default=10.0, metadata={
         "help": "How long the first queued request waits for others to share its sampler call."})
     max_batch_size: int = field(default=64, metadata={"help": "Most prompts in one sampler call."})
+    max_request_bytes: int = field(default=8 * 1024 * 1024, metadata={
+        "help": "Largest request body in bytes (8 MiB: a few inline photos as data URLs); a larger one is refused "
+                "with 413 before it is read whole."})
     allowed_local_media_path: str | None = field(default=None, metadata={
         "help": "A folder whose image files chat requests may name in image_url parts (file:// URLs or paths; "
                 "relative paths are taken inside it). Default: none, images come inline as data: URLs. "
@@ -111,16 +120,15 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
-def _config_error(err: ValueError) -> ApiError:
+def _config_error(err: SamplerSettingError) -> ApiError:
     """A 400 for a sampler setting the config refused, under the request's name for the field."""
-    message = str(err)
-    found = re.match(r"DiffusionGenerationConfig\.(\w+) |(steps) \(", message)
-    target = (found.group(1) or found.group(2)) if found else None
-    names = {target: name for name, target in SAMPLER_FIELDS.items()}
-    param = names.get(target, target)
-    if found and found.group(1):
-        message = f"{param}{message[found.end(1):]}"
-    return ApiError(400, message, param)
+    param = REQUEST_NAMES.get(err.field, err.field)
+    return ApiError(400, f"{param} {err.message}", param)
+
+
+def _length_error(err: ContextLengthError) -> ApiError:
+    return ApiError(400, str(err).replace("gen_length", "max_tokens"), err.where.partition("[")[0],
+                    "context_length_exceeded")
 
 
 class Serving:
@@ -129,36 +137,50 @@ class Serving:
     def __init__(self, engine: Engine, name: str, args: ServeArguments):
         self.engine, self.name, self.args = engine, name, args
         self.batcher = Batcher(engine, args.batch_window_ms / 1000, args.max_batch_size)
+        self.positions = model_positions(engine.model.config)
+        self.most_chars = longest_token_chars(engine.tokenizer)
 
     def config_for(self, request: ChatCompletionRequest | CompletionRequest) -> DiffusionGenerationConfig:
         """The checkpoint's settings with the request's overrides; refuses another model or a too long answer."""
         if request.model != self.name:
             raise ApiError(404, f"The model {request.model!r} does not exist; this server serves {self.name!r}",
                            "model", "model_not_found")
+        refused = request.unsupported()
+        if refused is not None:
+            raise ApiError(400, refused[1], refused[0], "unsupported_parameter")
+        where = invalid_text(request.model_dump())
+        if where is not None:
+            raise ApiError(400, f"{where}: not valid Unicode (a lone surrogate such as \\ud800); send UTF-8 text",
+                           where.partition("[")[0].partition(".")[0])
         overrides = request.overrides()
         length = overrides.get("gen_length", self.engine.config.gen_length)
         if length > self.args.max_tokens_limit:
             raise ApiError(400, f"max_tokens ({length}) is above this server's limit "
                                 f"({self.args.max_tokens_limit})", "max_tokens")
         try:
-            return check_generation_config(replace(self.engine.config, **overrides))
-        except ValueError as err:
+            return replace(self.engine.config, **overrides)
+        except SamplerSettingError as err:
             raise _config_error(err) from err
+
+    def check_chars(self, texts: list[str], param: str) -> None:
+        """Refuse, before tokenising, a text whose characters cannot fit the model's positions."""
+        try:
+            for text in texts:
+                check_prompt_chars(len(text), self.most_chars, self.positions, param)
+        except ContextLengthError as err:
+            raise _length_error(err) from err
 
     def check_prompts(self, prompts: list[list[int] | VisionPrompt], config: DiffusionGenerationConfig,
                       param: str) -> int:
         """The prompts' tokens in all; refuses empty prompts, and prompt plus answer beyond the model's positions
         (``max_position_embeddings``)."""
-        lengths = [self.engine.prompt_length(p) for p in prompts]
+        lengths = [self.engine.prompt_length(p, config.gen_length) for p in prompts]
         if any(length == 0 for length in lengths):
             raise ApiError(400, f"{param} is empty", param)
-        limit = getattr(self.engine.model.config, "max_position_embeddings", None)
-        if limit is None:  # a vision-language config keeps it in its text config
-            limit = getattr(getattr(self.engine.model.config, "text_config", None), "max_position_embeddings", None)
-        longest = max(lengths)
-        if limit is not None and longest + config.gen_length > limit:
-            raise ApiError(400, f"{longest} prompt tokens plus max_tokens {config.gen_length} exceed the model's "
-                                f"{limit} positions", param, "context_length_exceeded")
+        try:
+            check_fits(self.engine.model.config, max(lengths), config.gen_length, param)
+        except ContextLengthError as err:
+            raise _length_error(err) from err
         return sum(lengths)
 
     async def answer(self, request: ChatCompletionRequest | CompletionRequest, prompts: list[list[int] | VisionPrompt],
@@ -169,7 +191,7 @@ class Serving:
         if request.stream:
             return StreamingResponse(self.stream(request, rows, config, chat, prompt_tokens),
                                      media_type="text/event-stream")
-        completions = await self.batcher.submit(rows, config)
+        completions = await self.batcher.submit(rows, config, seed=request.seed)
         choices = self.choices(request, completions)
         usage_ = usage(prompt_tokens, sum(len(c.ids) for c in completions))
         return JSONResponse((chat_response if chat else text_response)(self.name, choices, usage_))
@@ -191,7 +213,7 @@ class Serving:
         streams = [TextStream(self.engine.decode, request.stop_strings()) for _ in rows]
         blocks: asyncio.Queue[tuple[int, list[int]] | None] = asyncio.Queue()
         task = asyncio.ensure_future(self.batcher.submit(
-            rows, config, on_block=lambda row, _block, ids: blocks.put_nowait((row, ids))))
+            rows, config, on_block=lambda row, _block, ids: blocks.put_nowait((row, ids)), seed=request.seed))
         task.add_done_callback(lambda _: blocks.put_nowait(None))  # after every block: they were scheduled first
         try:
             if chat:
@@ -257,17 +279,60 @@ def _content(serving: Serving, message: ChatMessage, index: int) -> str | list[d
     return parts
 
 
+_ROLES = {"developer": "system"}  # OpenAI's newer name; chat templates know "system"
+
+
 def _encode_chat(serving: Serving, request: ChatCompletionRequest) -> list[list[int] | VisionPrompt]:
     from jinja2 import TemplateError
 
     if any(m.has_images() for m in request.messages):
-        return [VisionPrompt([{"role": m.role, "content": _content(serving, m, i)}
+        return [VisionPrompt([{"role": _ROLES.get(m.role, m.role), "content": _content(serving, m, i)}
                               for i, m in enumerate(request.messages)])]
-    conversation = [{"role": m.role, "content": m.text()} for m in request.messages]
+    conversation = [{"role": _ROLES.get(m.role, m.role), "content": m.text()} for m in request.messages]
     try:
         return encode_chats(serving.engine.tokenizer, [conversation])
     except (ValueError, TemplateError) as err:  # no chat template, or the template refuses the conversation
         raise ApiError(400, f"messages: {err}", "messages") from err
+
+
+def _prepare_chat(serving: Serving, request: ChatCompletionRequest, config: DiffusionGenerationConfig,
+                  ) -> tuple[list[list[int] | VisionPrompt], int]:
+    prompts = _encode_chat(serving, request)
+    return prompts, serving.check_prompts(prompts, config, "messages")
+
+
+def _prepare_texts(serving: Serving, texts: list[str], config: DiffusionGenerationConfig,
+                   ) -> tuple[list[list[int]], int]:
+    prompts = encode_texts(serving.engine.tokenizer, texts)
+    return prompts, serving.check_prompts(prompts, config, "prompt")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets a 413 in OpenAI's error shape, from its
+    ``Content-Length`` before anything is read, or once the bytes streamed in (chunked) pass the limit."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+        self.message = (f"the request body is larger than this server's limit of {limit} bytes "
+                        "(dllm serve --max_request_bytes)")
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await JSONResponse(error_body(self.message), status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def counted() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # raised into the body read: the app's error handler answers it
+                raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -307,6 +372,7 @@ def create_app(loaded: LoadedCheckpoint, args: ServeArguments | None = None) -> 
         await serving.batcher.stop()
 
     app = FastAPI(title="dllm serve", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=args.max_request_bytes)
     app.state.serving = serving
     _error_handlers(app)
     model_card = {"id": serving.name, "object": "model", "created": now(), "owned_by": "dllm"}
@@ -328,25 +394,29 @@ def create_app(loaded: LoadedCheckpoint, args: ServeArguments | None = None) -> 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatCompletionRequest) -> Any:
         config = serving.config_for(request)
-        prompts = _encode_chat(serving, request)
-        prompt_tokens = serving.check_prompts(prompts, config, "messages")
+        serving.check_chars([m.text() for m in request.messages], "messages")
+        # tokenising (and decoding images) takes a thread: the event loop keeps answering meanwhile
+        prompts, prompt_tokens = await asyncio.to_thread(_prepare_chat, serving, request, config)
         return await serving.answer(request, prompts, config, True, prompt_tokens)
 
     @app.post("/v1/completions")
     async def completions(request: CompletionRequest) -> Any:
         config = serving.config_for(request)
         texts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
-        prompts = encode_texts(serving.engine.tokenizer, texts)
-        prompt_tokens = serving.check_prompts(prompts, config, "prompt")
+        serving.check_chars(texts, "prompt")
+        prompts, prompt_tokens = await asyncio.to_thread(_prepare_texts, serving, texts, config)
         return await serving.answer(request, prompts, config, False, prompt_tokens)
 
     return app
 
 
 def _check_serve_arguments(args: ServeArguments) -> None:
+    check_port(args.port)
     if args.max_tokens_limit < 1 or args.max_batch_size < 1 or args.batch_window_ms < 0:
         raise UsageError(f"--max_tokens_limit and --max_batch_size must be at least 1 and --batch_window_ms at "
                          f"least 0, got {args.max_tokens_limit}, {args.max_batch_size}, {args.batch_window_ms}")
+    if args.max_request_bytes < 1:
+        raise UsageError(f"--max_request_bytes must be at least 1, got {args.max_request_bytes}")
     folder = args.allowed_local_media_path
     if folder is not None and not Path(folder).is_dir():
         raise UsageError(f"--allowed_local_media_path {folder}: no such folder")

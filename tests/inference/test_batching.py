@@ -22,6 +22,8 @@ class RecordingEngine:
     def __init__(self):
         self.calls: list[tuple[list[list[int]], DiffusionGenerationConfig, bool]] = []
 
+    model = None  # no module: the batcher cannot stop its calls early
+
     def run(self, prompts, config, history=False):
         self.calls.append((prompts, config, history))
         if config.cfg_scale == 7.0:

@@ -49,7 +49,7 @@ def test_parse_settings_changes_names_and_refuses_mistakes():
     changed = parse_settings(config, "steps=4 threshold=0.9 cache=prefix block_size=none")
     assert (changed.steps, changed.threshold, changed.cache, changed.block_size) == (4, 0.9, "prefix", None)
     for bad, message in [("stepz=2", "stepz"), ("steps", "name=value"), ("steps=9", "steps"),
-                         ("cache=fast", "cache"), ("steps=abc", "wrong type")]:
+                         ("cache=fast", "cache"), ("steps=abc", "steps must be an integer or None, got 'abc'")]:
         with pytest.raises(ValueError, match=message):
             parse_settings(config, bad)
 
@@ -265,3 +265,38 @@ def test_image_refusals_are_one_line_and_the_chat_goes_on(tiny_checkpoint, tiny_
     ]
     assert text_chat.handle("hello") == conversation_answer(loaded, [{"role": "user", "content": "hello"}],
                                                             loaded.generation_config)
+
+
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory):
+    """A checkpoint whose answers take long enough to interrupt: 4096 positions, a saved 2000-position answer."""
+    from tests.helpers import save_tiny_masked_lm
+
+    path = save_tiny_masked_lm(tmp_path_factory.mktemp("checkpoints") / "slow", max_position_embeddings=4096)
+    DiffusionGenerationConfig(gen_length=2000, block_size=8).save_pretrained(path)
+    return path
+
+
+@needs_tmux
+@pytest.mark.parametrize("leave", ["/quit", "C-d"])
+def test_ctrl_c_during_an_answer_then_leaving_exits_cleanly(slow_checkpoint, tmp_path, leave):
+    """Ctrl-C while the sampler runs stops it (the turn is dropped, the chat goes on); then ``/quit`` or Ctrl-D exits
+    with status 0, not 134 ("terminate called without an active exception": a sampler thread left running)."""
+    command = shlex.join([sys.executable, "-m", "dllm.cli", "chat", str(slow_checkpoint), "--device", "cpu",
+                          "--step_delay", "0"])
+    terminal = Terminal(f"dllm-interrupt-{tmp_path.name}", f"cd {shlex.quote(str(ROOT))} && {command}; "
+                                                           "echo CHAT-EXITED $?; sleep 600")
+    try:
+        terminal.wait_for(lambda s: "you>" in s)
+        terminal.type("hello")
+        terminal.wait_for(lambda s: "block " in s)  # the sampler is drawing its blocks
+        subprocess.run(["tmux", "send-keys", "-t", terminal.name, "C-c"], check=True)
+        terminal.wait_for(lambda s: "(interrupted)" in s, timeout=60)
+        if leave == "/quit":
+            terminal.type("/quit")
+        else:
+            subprocess.run(["tmux", "send-keys", "-t", terminal.name, "C-d"], check=True)
+        screen = terminal.wait_for(lambda s: "CHAT-EXITED" in s, timeout=60)
+        assert "CHAT-EXITED 0" in screen and "terminate called" not in screen, screen
+    finally:
+        terminal.close()

@@ -80,10 +80,40 @@ def test_refusals_name_the_checkpoint_or_the_settings_file(tmp_path, tiny_checkp
     (broken / GENERATION_CONFIG_NAME).write_text(json.dumps({"gen_length": 8, "stepz": 2}))
     with pytest.raises(UsageError, match=rf"{GENERATION_CONFIG_NAME}: unknown sampler settings \['stepz'\]"):
         load_checkpoint(str(broken))
-    with pytest.raises(UsageError, match="DiffusionGenerationConfig.temperature must be >= 0"):
+    with pytest.raises(UsageError, match=r"^--temperature must be in \[0, 2.0\], got -1.0$"):  # the flag, not the file
         load_checkpoint(str(tiny_checkpoint), temperature=-1.0)
 
 
 def test_device_and_dtype_options(tiny_checkpoint):
     loaded = load_checkpoint(str(tiny_checkpoint), CheckpointArguments(device="cpu", dtype="bfloat16"))
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
+
+
+def test_the_config_is_the_only_list_of_sampler_options():
+    """Flags, request fields and chat's /settings are built from DiffusionGenerationConfig's fields and their metadata:
+    a field added there appears in each (no list of names elsewhere, no source parsed for the help)."""
+    from dllm.core.sampling.config import fields_of_kind
+    from dllm.inference.chat import SETTINGS
+
+    sampler = fields_of_kind("sampler")
+    assert sampler == ("gen_length", "steps", "block_size", "remasking", "temperature", "top_k", "top_p", "threshold",
+                       "cfg_scale", "cache")
+    assert SETTINGS == sampler
+    assert [f.name for f in fields(SamplerOptions)] == list(fields_of_kind("sampler", "token_id"))
+    helps = {f.name: f.metadata["help"] for f in fields(SamplerOptions)}
+    for f in fields(DiffusionGenerationConfig):
+        assert f.name not in helps or helps[f.name].startswith(f.metadata["help"])
+    pytest.importorskip("pydantic")
+    from dllm.inference.protocol import SAMPLER_FIELDS, ChatCompletionRequest
+
+    assert SAMPLER_FIELDS == {("max_tokens" if name == "gen_length" else name): name for name in sampler}
+    assert set(SAMPLER_FIELDS) <= set(ChatCompletionRequest.model_fields)
+    assert not set(fields_of_kind("token_id", "per_call")) & set(ChatCompletionRequest.model_fields)
+
+
+def test_lladas_block_length_is_an_alias_of_block_size():
+    from dllm.inference.loading import CheckpointArguments, SamplerOptions, parse_verb_args
+
+    _, _, (options, _) = parse_verb_args("dllm sample", ["ckpt", "--block_length", "4"],
+                                         (SamplerOptions, CheckpointArguments))
+    assert options.block_size == 4

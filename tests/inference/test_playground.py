@@ -92,6 +92,18 @@ def test_the_page_has_an_image_box_for_a_vision_checkpoint_only(tiny_checkpoint,
         assert [b.elem_id for b in page.blocks.values() if isinstance(b, gr.Image)] == boxes
 
 
+def test_the_sliders_stop_at_the_models_positions(tiny_checkpoint, tmp_path):
+    gr = pytest.importorskip("gradio", reason="needs gradio: pip install 'dllm[web]'")
+    from dllm.inference.playground import build_app
+    from tests.helpers import save_tiny_masked_lm
+
+    short = save_tiny_masked_lm(tmp_path / "short", gen_length=8, max_position_embeddings=64)
+    for checkpoint, longest in ((tiny_checkpoint, 255), (short, 63)):  # one position is left for the prompt
+        page = build_app(load_checkpoint(str(checkpoint), CheckpointArguments(device="cpu")))
+        sliders = {b.elem_id: b.maximum for b in page.blocks.values() if isinstance(b, gr.Slider)}
+        assert (sliders["length"], sliders["steps"], sliders["block"]) == (longest, longest, longest)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

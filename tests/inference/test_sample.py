@@ -115,7 +115,7 @@ def test_mistakes_are_one_line_and_exit_status_2(tmp_path, tiny_checkpoint, char
         f'{tmp_path / "shape.jsonl"}, line 3: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}} or '
         '{"prompt": "..."}': run_cli(ckpt, "--prompt_file", str(tmp_path / "shape.jsonl")),
         "no prompts: give them as arguments or with --prompt_file": run_cli(ckpt),
-        f"{ckpt}: steps (9) must not exceed the answer length (8)": run_cli(ckpt, "hi", "--steps", "9"),
+        "--steps must be at most gen_length (8), got 9": run_cli(ckpt, "hi", "--steps", "9"),
     }
     for message, process in cases.items():
         out, err = process.communicate(timeout=300)

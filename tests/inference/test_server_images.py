@@ -82,6 +82,18 @@ def test_an_image_question_gets_the_pipelines_answer_under_every_setting(vl_serv
     assert len(answers) == 3  # the settings reached the sampler
 
 
+def test_an_image_request_is_processed_once(vl_server, monkeypatch):
+    """Counting its tokens (usage, the positions check) and answering it use one run of the processor."""
+    from dllm.inference import engine
+
+    calls, real = [], engine.sampler_inputs
+    monkeypatch.setattr(engine, "sampler_inputs", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    image = noise_image(2)
+    response = chat(vl_server, image_message(data_url(image), "What is it?"))
+    assert response.choices[0].message.content == expected(vl_server, image, "What is it?")
+    assert len(calls) == 1
+
+
 def test_an_image_answer_streams_block_by_block(vl_server):
     image = noise_image(2)
     answer = expected(vl_server, image, "Stream it")

@@ -104,4 +104,6 @@ def test_served_stream_sends_a_block_before_the_sampler_call_ends(tiny_checkpoin
     assert [text for text, _ in received] == blocks
     (started, ended), = calls
     assert started < received[0][1] < ended - 0.5, (started, received, ended)  # the second block's 2 passes: 0.8 s
-    assert received[1][1] >= ended
+    # the last block's chunk follows its 2 passes (0.8 s); whether it arrives just before or after the call returns
+    # is a race between the event loop and the sampler thread's last microseconds, so not asserted
+    assert received[1][1] >= received[0][1] + 0.5, received

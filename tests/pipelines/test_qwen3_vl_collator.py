@@ -103,7 +103,7 @@ def test_list_content_paths_bytes_and_single_image_column(processor, image, tmp_
 @pytest.mark.parametrize("row,error,match", [
     ({"id": "doc-7", "messages": KOREAN_CHAT, "images": []}, ValueError, r"batch row 1 \(id='doc-7'\): 1 image"),
     ({"messages": KOREAN_CHAT, "images": [noise_image(), noise_image(1)]}, ValueError, "batch row 1: 1 image placeholders .* 2 images"),
-    ({"messages": KOREAN_CHAT, "images": ["/no/such/image.png"]}, FileNotFoundError, "batch row 1 image 0: image file not found"),
+    ({"messages": KOREAN_CHAT, "images": ["/no/such/image.png"]}, FileNotFoundError, "batch row 1 image 0: no such image file"),
     ({"messages": [], "images": []}, ValueError, "batch row 1: empty conversation"),
     ({}, ValueError, "batch row 1: empty conversation.*remove_unused_columns"),
 ])
@@ -116,7 +116,7 @@ def test_errors_name_the_row(processor, image, row, error, match):
 def test_unreadable_image_file_names_the_row(processor, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=r"batch row 0 image 0: cannot read image .*broken.jpg"):
+    with pytest.raises(ValueError, match=r"batch row 0 image 0: cannot read the image .*broken.jpg"):
         create_qwen3_vl_collator(processor)([{"messages": KOREAN_CHAT, "images": [str(bad)]}])
 
 

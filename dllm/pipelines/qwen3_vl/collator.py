@@ -16,7 +16,6 @@ piece). So labels are -100 on every prompt token (system and user turns, templat
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -27,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from dllm.core.diffusion import IGNORE_INDEX
+from dllm.data import images
 from dllm.data.collator import tokenize_messages
+from dllm.data.multimodal import IMAGE_PLACEHOLDER  # the data layer's: one spelling of the placeholder
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PLACEHOLDER = "<image>"
 VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
 
 
@@ -73,41 +73,14 @@ def content_parts(content: Any, where: str) -> list[dict[str, str]]:
 
 
 def load_image(image: Any, where: str, image_root: str | os.PathLike | None = None) -> PILImage:
-    """Decode one image to an RGB ``PIL.Image``.
+    """Decode one row image to an RGB ``PIL.Image`` (:func:`dllm.data.images.load_image`, relative paths against
+    ``image_root``).
 
     Raises:
-        FileNotFoundError: a path that is not a file (naming ``where`` and the path).
-        ValueError: a file or bytes PIL cannot read; TypeError: an unsupported value.
+        UsageError: a missing file (an :class:`~dllm.data.images.ImageNotFoundError`, also a FileNotFoundError), a
+            file or bytes PIL cannot read, or an unsupported value; the message names ``where``.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, Mapping):  # datasets' undecoded Image(): {"bytes": ..., "path": ...}
-        if image.get("bytes"):
-            image = bytes(image["bytes"])
-        elif image.get("path"):
-            image = image["path"]
-        else:
-            raise ValueError(f"{where}: image dict has neither bytes nor path")
-    if isinstance(image, (bytes, bytearray)):
-        try:
-            with Image.open(io.BytesIO(image)) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"{where}: cannot decode image bytes ({err})") from err
-    if isinstance(image, (str, os.PathLike)):
-        path = Path(image).expanduser()
-        if not path.is_absolute() and image_root is not None:
-            path = Path(image_root) / path
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError) as err:
-            raise ValueError(f"{where}: cannot read image {path} ({err})") from err
-    raise TypeError(f"{where}: unsupported image type {type(image).__name__}; expected a PIL image, path or bytes")
+    return images.load_image(image, where, files=True, root=image_root)
 
 
 def row_images(row: Mapping[str, Any]) -> list[Any]:

@@ -10,7 +10,7 @@ import io
 import pytest
 
 from dllm.errors import UsageError
-from dllm.inference.images import load_image
+from dllm.data.images import load_image
 from tests.helpers import noise_image
 
 pytest.importorskip("PIL")
