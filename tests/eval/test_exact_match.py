@@ -241,7 +241,7 @@ def test_flags_override_only_what_they_name_in_the_saved_settings(checkpoint, tm
     (["{ckpt}", "--task", "demo", "--dataset_args", "x.jsonl"], "not both"),
     (["{ckpt}", "--task", "sorting"], "'sorting'"),
     (["{ckpt}", "--dataset_args", "/no/such/file.jsonl"], "/no/such/file.jsonl"),
-    (["{ckpt}", "--num_per_task", "1", "--steps", "9"], "steps (9)"),
+    (["{ckpt}", "--num_per_task", "1", "--steps", "9"], "got 9"),
     (["{ckpt}", "--batch_size", "0"], "--batch_size"),
     (["{ckpt}", "--task", "humaneval"], "--allow_code_execution"),
     (["{ckpt}", "--limit", "0"], "--limit"),
