@@ -31,7 +31,7 @@ commands:
                          sampler settings into one table; --output results.json (+ .md); --rerun results.json
   lm-eval [lm-eval flags]
                          lm-evaluation-harness's own command line with the dllm model registered
-                         (--model_args pretrained=CKPT,threshold=0.9,...); pip install 'dllm[eval]'
+                         (--model_args pretrained=CKPT,threshold=0.9,...); pip install -e '.[eval]'
   serve CKPT [flags]     OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /v1/models);
                          needs the serve extra: pip install -e '.[serve]'
   chat CKPT [flags]      multi-turn chat in the terminal, each answer unmasking step by step on screen;
@@ -92,7 +92,7 @@ def _lm_eval(rest: list[str]) -> None:
     from dllm.errors import UsageError
 
     if importlib.util.find_spec("lm_eval") is None:
-        raise UsageError("needs lm-evaluation-harness: pip install 'dllm[eval]'")
+        raise UsageError("needs lm-evaluation-harness: pip install -e '.[eval]'")
     from dllm.eval.lm_eval_adapter import main as lm_eval_main
 
     lm_eval_main(rest)

@@ -64,8 +64,8 @@ class RLDemoArguments:
 
     sft_steps: int = field(
         default=1500, metadata={"help": "SFT steps before post-training (the full demo: 8000). 300 left every task "
-                                "near 0% here, where an exact-match reward is never earned; 1500 gave 17% held-out "
-                                "(sort 40%, reverse 0%, add 12%, 150 prompts)."}
+                                "near 0%% here, where an exact-match reward is never earned; 1500 gave 17%% held-out "
+                                "(sort 40%%, reverse 0%%, add 12%%, 150 prompts)."}
     )
     methods: list[str] = field(
         default_factory=lambda: ["elbo"],

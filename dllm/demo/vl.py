@@ -427,7 +427,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[VLDemoArguments, list[str]]
     missing = [name for name in ("PIL", "torchvision") if importlib.util.find_spec(name) is None]
     missing += ["matplotlib"] if args.plot and importlib.util.find_spec("matplotlib") is None else []
     if missing:
-        raise UsageError(f"dllm demo-vl needs {', '.join(missing)}: pip install 'dllm[vision,plot]' "
+        raise UsageError(f"dllm demo-vl needs {', '.join(missing)}: pip install -e '.[vision,plot]' "
                          "(--no_plot runs without matplotlib)")
     colour_names(args.num_colours)  # bad sizes fail before any rendering
     if args.cell_pixels % (PATCH * MERGE):

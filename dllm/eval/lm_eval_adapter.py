@@ -1,4 +1,4 @@
-"""The ``dllm`` model of EleutherAI's lm-evaluation-harness (optional extra ``eval``: ``pip install 'dllm[eval]'``).
+"""The ``dllm`` model of EleutherAI's lm-evaluation-harness (optional extra ``eval``: ``pip install -e '.[eval]'``).
 
     dllm lm-eval --model_args pretrained=outputs/demo --tasks TASK      # --model dllm is the default
     dllm lm-eval run --model dllm --model_args pretrained=CKPT,num_samples=64,steps=32,threshold=0.9 \\
@@ -63,7 +63,7 @@ try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
 except ImportError as err:  # the optional extra is missing
-    raise ImportError("dllm.eval.lm_eval_adapter needs lm-evaluation-harness: pip install 'dllm[eval]'") from err
+    raise ImportError("dllm.eval.lm_eval_adapter needs lm-evaluation-harness: pip install -e '.[eval]'") from err
 
 if __name__ == "__main__":
     # `python -m` runs this file as `__main__`: run the importable module instead, so that the model is registered

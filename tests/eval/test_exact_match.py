@@ -271,4 +271,4 @@ def test_the_lm_eval_verb_without_lm_eval_is_one_line(monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
     assert cli_main(["lm-eval", "--tasks", "x"]) == 2
-    assert capsys.readouterr().err.strip() == "dllm lm-eval: needs lm-evaluation-harness: pip install 'dllm[eval]'"
+    assert capsys.readouterr().err.strip() == "dllm lm-eval: needs lm-evaluation-harness: pip install -e '.[eval]'"
