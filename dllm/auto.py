@@ -5,7 +5,7 @@ picks the class by ``model_type``:
 
 - a family of :data:`FAMILIES` (LLaMA 3, Gemma 2, Qwen3-VL) gets its own wrapper, with that family's defaults
   (Gemma 2: eager attention, for its logit softcapping; Qwen3-VL: :class:`~dllm.pipelines.qwen3_vl.Qwen3VLForMaskedLM`,
-  the vision tower frozen, its own recipe);
+  the vision tower frozen, and its hooks into the one SFT recipe: processor, collator, trainer);
 - any other causal LM that transformers knows (Qwen3, Mistral, Phi-3, ...) gets the generic bidirectional
   subclass of its ``*ForCausalLM`` class (:func:`dllm.core.models.masked_lm_class`).
 
@@ -15,75 +15,24 @@ This module sits above :mod:`dllm.core` and the pipelines: the core never import
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from dllm.core.models import masked_lm_class
+from dllm.data.collator import SFTDataCollator
 from dllm.errors import UsageError
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
 from dllm.pipelines.llama3 import Llama3ForMaskedLM
 from dllm.pipelines.qwen3_vl import Qwen3VLForMaskedLM
-
-
-@dataclass(frozen=True)
-class ModelFamily:
-    """A model family with its own wrapper.
-
-    Attributes:
-        name: the name users type (``dllm sft llama3``, ``examples/llama3/sft.py``).
-        model_type: ``config.model_type`` of its checkpoints.
-        model_class: the bidirectional masked-LM class.
-        default_checkpoint: hub id used when no ``--model_name_or_path`` is given.
-        sft_main: the family's own SFT recipe (``argv -> trainer``) when the text recipe cannot serve it
-            (Qwen3-VL: processor, images, vision freezing); None uses :func:`dllm.sft.recipe.main`.
-        image_inputs: for families that answer questions about images, ``(model, processor, conversations,
-            gen_length) -> (prompt_ids, attention_mask, model_kwargs)`` for the sampler; None for text models.
-    """
-
-    name: str
-    model_type: str
-    model_class: type[PreTrainedModel]
-    default_checkpoint: str
-    sft_main: Callable[[list[str] | None], Any] | None = None
-    image_inputs: Callable[..., Any] | None = None
-
-
-def _qwen3_vl_sft(argv: list[str] | None) -> Any:
-    # Imported on use: the multimodal recipe pulls in the trainer, the image processor and PIL.
-    from dllm.pipelines.qwen3_vl.recipe import main
-
-    return main(argv)
-
-
-def _qwen3_vl_image_inputs(model: Any, processor: Any, conversations: list, gen_length: int) -> Any:
-    # Imported on use, like the recipe: the image processor and PIL are only needed with images.
-    from dllm.pipelines.qwen3_vl.generation import prepare_generation_inputs
-
-    return prepare_generation_inputs(model, processor, conversations, gen_length)
-
-
-FAMILIES: dict[str, ModelFamily] = {
-    family.name: family
-    for family in (
-        ModelFamily("llama3", "llama", Llama3ForMaskedLM, "meta-llama/Meta-Llama-3-8B-Instruct"),
-        ModelFamily("gemma2", "gemma2", Gemma2ForMaskedLM, "google/gemma-2-2b-it"),
-        ModelFamily("qwen3_vl", "qwen3_vl", Qwen3VLForMaskedLM, "Qwen/Qwen3-VL-2B-Instruct", _qwen3_vl_sft,
-                    _qwen3_vl_image_inputs),
-    )
-}
-_BY_MODEL_TYPE: dict[str, ModelFamily] = {family.model_type: family for family in FAMILIES.values()}
-
-
-def family_for_model_type(model_type: str) -> ModelFamily | None:
-    """The family whose checkpoints have this ``model_type``, or None (the generic wrapper serves it)."""
-    return _BY_MODEL_TYPE.get(model_type)
+from dllm.pipelines.qwen3_vl.options import Qwen3VLOptions
 
 
 # What a hub id looks like ("org/name" or "name"); anything else that is not a folder is a missing folder.
@@ -98,19 +47,73 @@ def _remote_code_error(name_or_path: str, err: ValueError) -> UsageError | Value
                       "unless asked; review that code, then pass --trust_remote_code True")
 
 
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why no TCP connection opens to the Hub endpoint (``HF_ENDPOINT``), or to the HTTPS proxy in front of it; None
+    when one does. A DNS failure answers at once, a dropped connection after ``timeout`` seconds."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    target = urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(target.scheme)
+    if proxy and not urllib.request.proxy_bypass(target.hostname or ""):
+        target = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((target.hostname, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{target.hostname}:{port}: {err.strerror or err}"
+
+
+def check_hub(repo_id: str) -> None:
+    """Refuse at once a hub id the Hub cannot serve now, where transformers would retry each file for about 30 s
+    and then say the model does not exist: offline mode (``HF_HUB_OFFLINE=1``) without a cached copy, or a Hub that
+    cannot be reached (with a cached copy: say that offline mode loads it).
+
+    Raises:
+        UsageError: naming the id, offline or unreachable, and whether the local cache has it.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except HFValidationError as err:
+        raise UsageError(f"{repo_id}: no such checkpoint folder, nor a valid Hugging Face Hub id ({err})") from err
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise UsageError(f"{repo_id}: not in the local Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); "
+                             "download it while online, or give a checkpoint folder")
+        return
+    reason = _hub_unreachable()
+    if reason is None:
+        return
+    if cached:
+        raise UsageError(f"{repo_id}: cannot reach the Hugging Face Hub ({reason}); the local cache has the model: "
+                         "set HF_HUB_OFFLINE=1 to load it from there")
+    raise UsageError(f"{repo_id}: cannot reach the Hugging Face Hub ({reason}), and the local cache does not have "
+                     "the model; check the network, or give a checkpoint folder")
+
+
 def load_config(name_or_path: str, trust_remote_code: bool = False) -> PretrainedConfig:
     """``AutoConfig.from_pretrained`` that names the checkpoint in its errors and never runs checkpoint code
     unless ``trust_remote_code``.
 
     Raises:
-        UsageError: no such folder or hub model, a folder without ``config.json``, or a checkpoint with its own
-            code (``auto_map``) without ``trust_remote_code``.
+        UsageError: no such folder or hub model, a hub id while offline or with the Hub unreachable
+            (:func:`check_hub`), a folder without ``config.json``, or a checkpoint with its own code
+            (``auto_map``) without ``trust_remote_code``.
     """
     path = Path(name_or_path)
     if path.is_dir() and not (path / "config.json").is_file():
         raise UsageError(f"{name_or_path}: not a checkpoint folder (no config.json)")
     if not path.is_dir() and not _HUB_ID.match(str(name_or_path)):
         raise UsageError(f"{name_or_path}: no such checkpoint folder")
+    if not path.is_dir():
+        check_hub(str(name_or_path))
     try:
         return AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:  # transformers' "not found" for folders and hub ids alike
@@ -121,25 +124,47 @@ def load_config(name_or_path: str, trust_remote_code: bool = False) -> Pretraine
         raise _remote_code_error(name_or_path, err) from err
 
 
-def _load(auto_class: Any, what: str, name_or_path: str, trust_remote_code: bool) -> Any:
-    """``auto_class.from_pretrained`` whose errors name the checkpoint (a missing file: ``cannot load the {what}``;
-    checkpoint code without ``trust_remote_code``: :func:`_remote_code_error`)."""
+# A tokenizer saved by save_pretrained has the first two; older ones may have only their vocabulary files.
+_TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
+_VOCABULARY_GLOBS = ("vocab.*", "*.model", "merges.txt", "*.tiktoken")
+
+
+def _check_tokenizer_files(folder: Path, what: str) -> None:
+    """Refuse a checkpoint folder with no tokenizer file at all, before transformers tries to build one from
+    nothing (and blames a missing sentencepiece or tiktoken)."""
+    if any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return
+    if any(next(folder.glob(pattern), None) is not None for pattern in _VOCABULARY_GLOBS):
+        return
+    raise UsageError(f"{folder}: cannot load the {what}: the checkpoint folder has no tokenizer files "
+                     f"({', '.join(_TOKENIZER_FILES)}); save the tokenizer beside the model "
+                     "(tokenizer.save_pretrained(folder)) or copy its files from the model this one came from")
+
+
+def _load(auto_class: Any, what: str, name_or_path: str, trust_remote_code: bool, **kwargs: Any) -> Any:
+    """``auto_class.from_pretrained`` whose errors name the checkpoint (a folder without tokenizer files, a missing
+    file: ``cannot load the {what}``; checkpoint code without ``trust_remote_code``: :func:`_remote_code_error`)."""
+    if Path(name_or_path).is_dir():
+        _check_tokenizer_files(Path(name_or_path), what)  # a processor carries the tokenizer too
     try:
-        return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        return auto_class.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     except OSError as err:
         raise UsageError(f"{name_or_path}: cannot load the {what} ({str(err).splitlines()[0]})") from err
     except ValueError as err:
         raise _remote_code_error(name_or_path, err) from err
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """``AutoTokenizer.from_pretrained`` with the errors of :func:`load_config` (call that first)."""
-    return _load(AutoTokenizer, "tokenizer", name_or_path, trust_remote_code)
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, config: PretrainedConfig | None = None) -> Any:
+    """``AutoTokenizer.from_pretrained`` with the errors of :func:`load_config` (call that first); ``config``: the
+    checkpoint's config when already read (AutoTokenizer then does not read ``config.json`` again)."""
+    return _load(AutoTokenizer, "tokenizer", name_or_path, trust_remote_code,
+                 **({"config": config} if config is not None else {}))
 
 
-def load_processor(name_or_path: str, trust_remote_code: bool = False) -> Any:
+def load_processor(name_or_path: str, trust_remote_code: bool = False, config: PretrainedConfig | None = None) -> Any:
     """``AutoProcessor.from_pretrained`` (a vision-language checkpoint's processor) with the errors of
-    :func:`load_tokenizer`: a processor with its own code (``auto_map``) loads only with ``trust_remote_code``."""
+    :func:`load_tokenizer`: a processor with its own code (``auto_map``) loads only with ``trust_remote_code``.
+    ``config`` is taken for the family hook's signature; AutoProcessor reads the processor's own files."""
     from transformers import AutoProcessor
 
     return _load(AutoProcessor, "processor", name_or_path, trust_remote_code)
@@ -199,16 +224,114 @@ class AutoModelForMaskedDiffusion:
         return cls.class_for_config(config)(config, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
+    def from_pretrained(cls, name_or_path: str, *, trust_remote_code: bool = False,
+                        config: PretrainedConfig | None = None, **kwargs) -> PreTrainedModel:
         """Load a checkpoint (hub id or local folder); ``kwargs`` go to ``from_pretrained`` (``dtype``,
         ``attn_implementation``, ...). A checkpoint's own code (``auto_map``) runs only with ``trust_remote_code``.
+        ``config``: the checkpoint's config when the caller has read it already (:func:`load_config`), so
+        ``config.json`` is not read again.
 
         Raises:
             UsageError: no such checkpoint, checkpoint code without ``trust_remote_code``, corrupt weights.
         """
-        config = load_config(name_or_path, trust_remote_code=trust_remote_code)
+        if config is None:
+            config = load_config(name_or_path, trust_remote_code=trust_remote_code)
         model_class = cls.class_for_config(config, source=str(name_or_path), trust_remote_code=trust_remote_code)
         try:
-            return model_class.from_pretrained(name_or_path, **kwargs)
+            return model_class.from_pretrained(name_or_path, config=config, **kwargs)
         except SafetensorError as err:
             raise _weights_error(name_or_path, err) from err
+
+
+def _auto_model(checkpoint: str, load_kwargs: dict[str, Any], options: Any = None) -> PreTrainedModel:
+    """A text family's model: the class :class:`AutoModelForMaskedDiffusion` picks from the checkpoint's config."""
+    return AutoModelForMaskedDiffusion.from_pretrained(checkpoint, **load_kwargs)
+
+
+def _text_collator(tokenizer: PreTrainedTokenizerBase, data_args: Any, options: Any = None) -> SFTDataCollator:
+    """A text family's collator: chat rows (or rows tokenised once) to padded ``input_ids`` / ``labels`` batches."""
+    return SFTDataCollator(tokenizer, max_seq_length=data_args.max_seq_length,
+                           mask_prompt_loss=data_args.mask_prompt_loss,
+                           train_on_eos_padding=data_args.train_on_eos_padding)
+
+
+def _same_trainer(trainer_class: type) -> type:
+    return trainer_class
+
+
+def _on_use(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported at its first call: training and image code (``transformers.Trainer``, the image
+    processor, PIL) stays out of ``import dllm.auto``, which every verb does."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family: its class and default checkpoint, and the hooks through which the one SFT recipe
+    (:mod:`dllm.sft.recipe`) trains it. The defaults serve every text decoder; a family that needs more (Qwen3-VL:
+    a processor, frozen vision, a multimodal collator and trainer hook) supplies its own.
+
+    Attributes:
+        name: the name users type (``dllm sft llama3``, ``examples/llama3/sft.py``).
+        model_type: ``config.model_type`` of its checkpoints.
+        model_class: the bidirectional masked-LM class.
+        default_checkpoint: hub id used when no ``--model_name_or_path`` is given.
+        options: the family's own options dataclass, parsed beside the recipe's (``None``: none).
+        option_defaults: the family's defaults for recipe options (Qwen3-VL: ``lora=True``).
+        load_processing: ``(checkpoint, trust_remote_code, config) -> tokenizer or processor`` (``config``: the
+            checkpoint's, already read).
+        build_model: ``(checkpoint, from_pretrained kwargs, family options) -> model``.
+        build_collator: ``(tokenizer or processor, data options, family options) -> collator``.
+        trainer_for: ``(objective's trainer class) -> the class that trains this family`` (raises UsageError for an
+            objective the family does not support).
+        text_rows: rows are text only, so they can be tokenised once and packed.
+        image_inputs: for families that answer questions about images, ``(model, processor, conversations,
+            gen_length) -> (prompt_ids, attention_mask, model_kwargs)`` for the sampler; None for text models.
+    """
+
+    name: str
+    model_type: str
+    model_class: type[PreTrainedModel] | None = None
+    default_checkpoint: str | None = None
+    options: type | None = None
+    option_defaults: Mapping[str, Any] = field(default_factory=dict)
+    load_processing: Callable[[str, bool, PretrainedConfig | None], Any] = load_tokenizer
+    build_model: Callable[[str, dict[str, Any], Any], PreTrainedModel] = _auto_model
+    build_collator: Callable[[Any, Any, Any], Any] = _text_collator
+    trainer_for: Callable[[type], type] = _same_trainer
+    text_rows: bool = True
+    image_inputs: Callable[..., Any] | None = None
+
+
+_QWEN3_VL_HOOKS = "dllm.pipelines.qwen3_vl.hooks"
+FAMILIES: dict[str, ModelFamily] = {
+    family.name: family
+    for family in (
+        ModelFamily("llama3", "llama", Llama3ForMaskedLM, "meta-llama/Meta-Llama-3-8B-Instruct"),
+        ModelFamily("gemma2", "gemma2", Gemma2ForMaskedLM, "google/gemma-2-2b-it"),
+        ModelFamily("qwen3_vl", "qwen3_vl", Qwen3VLForMaskedLM, "Qwen/Qwen3-VL-2B-Instruct",
+                    options=Qwen3VLOptions, option_defaults={"lora": True}, load_processing=load_processor,
+                    build_model=_on_use(_QWEN3_VL_HOOKS, "build_model"),
+                    build_collator=_on_use(_QWEN3_VL_HOOKS, "build_collator"),
+                    trainer_for=_on_use(_QWEN3_VL_HOOKS, "trainer_for"), text_rows=False,
+                    image_inputs=_on_use("dllm.pipelines.qwen3_vl.generation", "prepare_generation_inputs")),
+    )
+}
+_BY_MODEL_TYPE: dict[str, ModelFamily] = {family.model_type: family for family in FAMILIES.values()}
+GENERIC_FAMILY = ModelFamily("generic", "*")
+"""Any other causal LM transformers knows (Qwen3, Mistral, ...): the text hooks, the generic bidirectional class."""
+
+
+def family_for_model_type(model_type: str) -> ModelFamily | None:
+    """The family whose checkpoints have this ``model_type``, or None (the generic wrapper serves it)."""
+    return _BY_MODEL_TYPE.get(model_type)
+
+
+def recipe_family(config: PretrainedConfig) -> ModelFamily:
+    """The family whose hooks train a checkpoint of this config: its own, else :data:`GENERIC_FAMILY`."""
+    return family_for_model_type(config.model_type) or GENERIC_FAMILY

@@ -268,6 +268,9 @@ def test_tokenizer_without_chat_template_is_refused_at_start(base):
           "be told from that text; choose a string that is not in the vocabulary (default '<|mdm_mask|>') or a "
           "reserved special token"),
     ("", "--mask_token must be a non-empty string (default '<|mdm_mask|>'), got ''"),
+    ("hello", "{base}: --mask_token 'hello' is ordinary text, which the tokenizer would then encode as the mask "
+              "token wherever the data contains it; use markup that text does not hold (default '<|mdm_mask|>') "
+              "or a reserved special token"),
 ])
 def test_mask_token_that_cannot_be_added(base, char_tokenizer, mask_token, expected):
     """No room for a mask token: the tokenizer has none and the one asked for is an ordinary token already."""
@@ -399,6 +402,132 @@ def test_command_line_prints_one_line_and_exits_2(cli_runs, case):
     if case == "sft lora targets":
         lines = [line for line in lines if not _PROGRESS.match(line)]
     assert (process.returncode, lines, out) == (2, [expected], "")
+
+
+# =====================================================================================================================
+# First contact (issue 16): image files, text models given images, checkpoints without tokenizer files, hub ids
+# offline or unreachable, truncated weights. (Resume and output folders: tests/test_checkpoints.py; merge-lora:
+# tests/test_merge_lora.py; the dllm command itself: tests/test_cli.py.)
+# =====================================================================================================================
+def _image_rows(tmp: Path, missing: int) -> Path:
+    """Two ``{messages, images}`` rows whose images are PNG paths beside the file; row ``missing``'s file absent."""
+    from tests.helpers import write_vl_rows
+
+    data = write_vl_rows(tmp, n=2)
+    (tmp / "img" / f"{missing}.png").unlink()
+    return data
+
+
+def test_a_missing_image_file_is_found_when_loading(tmp_path, caplog):
+    """Found with the row and field that name it, not as a FileNotFoundError in the collator mid-training; with
+    skip_invalid a counted, logged skip."""
+    data = _image_rows(tmp_path, missing=1)
+    with pytest.raises(DataValidationError) as info:
+        load_sft_dataset(str(data))
+    assert str(info.value) == f"{data} row 1: images[0]: image file not found: {tmp_path}/img/1.png"
+    with caplog.at_level(logging.WARNING, logger="dllm.data.messages"):
+        kept = load_sft_dataset(str(data), skip_invalid=True)["train"]
+    assert kept["images"] == [[f"{tmp_path}/img/0.png"]]
+    assert caplog.messages == [f"{data}: skipped 1 of 2 rows as invalid (missing image file: 1). First of each: "
+                               f"{data} row 1: images[0]: image file not found: {tmp_path}/img/1.png"]
+
+
+def test_rows_with_images_for_a_text_model_are_refused(tmp_path):
+    """A text model would train on the <image> placeholders as text and never see the images."""
+    data = _image_rows(tmp_path, missing=0)
+    (tmp_path / "img" / "0.png").touch()
+    with pytest.raises(UsageError) as info:
+        load_sft_dataset(str(data), text_only=True)
+    assert str(info.value) == (f"{data} row 0: 'images' holds images, but the model reads text only (it would train "
+                               "on the <image> placeholders as text and never see the images); use a vision-language "
+                               "checkpoint (dllm sft qwen3_vl) or remove the images")
+    text = alpaca_fixture(tmp_path / "a.json")
+    assert len(load_sft_dataset(str(text), text_only=True)["train"]) == 24
+
+
+def test_a_checkpoint_folder_without_tokenizer_files(base):
+    from dllm.auto import load_processor, load_tokenizer
+
+    for file in base.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            file.unlink()
+    for load, what in ((load_tokenizer, "tokenizer"), (load_processor, "processor")):
+        with pytest.raises(UsageError) as info:
+            load(str(base))
+        assert str(info.value) == (f"{base}: cannot load the {what}: the checkpoint folder has no tokenizer files "
+                                   "(tokenizer_config.json, tokenizer.json); save the tokenizer beside the model "
+                                   "(tokenizer.save_pretrained(folder)) or copy its files from the model this one "
+                                   "came from")
+    with pytest.raises(UsageError, match="the checkpoint folder has no tokenizer files"):
+        build_model_and_tokenizer(str(base), ModelArguments())
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("case", ["offline", "unreachable", "unreachable, cached"])
+def test_a_hub_id_the_hub_cannot_serve_is_said_at_once(monkeypatch, tmp_path, case):
+    """No retries for half a minute and no false "no such model": offline mode or the Hub's refusal, and whether
+    the cache has the model (then offline mode loads it)."""
+    from huggingface_hub import constants
+
+    from dllm.auto import load_config
+
+    port = _closed_port()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", case == "offline")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    if case.endswith("cached"):  # the hub cache's layout: refs/main names the snapshot holding the files
+        snapshot = tmp_path / "models--org--model" / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True)
+        (snapshot / "config.json").write_text("{}")
+        (tmp_path / "models--org--model" / "refs").mkdir()
+        (tmp_path / "models--org--model" / "refs" / "main").write_text("0" * 40)
+    began = time.perf_counter()
+    with pytest.raises(UsageError) as info:
+        load_config("org/model")
+    assert time.perf_counter() - began < 5
+    reason = f"cannot reach the Hugging Face Hub (127.0.0.1:{port}: Connection refused)"
+    assert str(info.value) == {
+        "offline": "org/model: not in the local Hugging Face cache, and the Hub is off (HF_HUB_OFFLINE=1); download "
+                   "it while online, or give a checkpoint folder",
+        "unreachable": f"org/model: {reason}, and the local cache does not have the model; check the network, or "
+                       "give a checkpoint folder",
+        "unreachable, cached": f"org/model: {reason}; the local cache has the model: set HF_HUB_OFFLINE=1 to load it "
+                               "from there"}[case]
+
+
+@pytest.mark.slow
+def test_the_command_line_says_an_unreachable_hub_in_one_line(tmp_path):
+    """What the user sees: one line, exit status 2, at once (not 10 "Retrying" lines over 30 s)."""
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HOME": str(tmp_path),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    began = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "dllm.cli", "sample", "org/model", "hi"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
+    assert time.perf_counter() - began < 25  # interpreter start and imports; the check itself is instant
+    assert (run.returncode, run.stdout, run.stderr.count("\n")) == (2, "", 1), run.stderr
+    assert run.stderr.startswith("dllm sample: org/model: cannot reach the Hugging Face Hub (127.0.0.1:")
+
+
+def test_truncated_weights_name_the_file(base):
+    """A model.safetensors cut short after its header (a copy or save that was stopped) is named."""
+    from dllm.auto import AutoModelForMaskedDiffusion
+
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UsageError) as info:
+        AutoModelForMaskedDiffusion.from_pretrained(str(base))
+    assert str(info.value) == (f"{weights}: corrupt or truncated weights file (Error while deserializing header: "
+                               "incomplete metadata, file not fully covered); re-save or re-download it")
 
 
 # ==== inference: sampler values, prompt lengths, outputs, ports, adapters (the inference helper's section) =========

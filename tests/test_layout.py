@@ -44,13 +44,56 @@ def test_core_imports_nothing_from_the_rest_of_dllm_at_run_time():
     assert result.stdout.split() == []
 
 
+def module_name(path: Path) -> str:
+    return str(path.relative_to(ROOT).with_suffix("")).replace("/", ".").removesuffix(".__init__")
+
+
 def test_pipelines_are_leaves():
+    """Only the family table (dllm/auto.py) and the demos (which build a family's tiny model from its pipeline's
+    builders) import a pipeline."""
     importers = {
         str(path.relative_to(ROOT)): sorted(n for n in dllm_imports(path) if n.startswith("dllm.pipelines"))
         for path in (ROOT / "dllm").rglob("*.py")
-        if "pipelines" not in path.parts and path.name != "auto.py"
+        if "pipelines" not in path.parts and path.name != "auto.py" and "demo" not in path.parts
     }
     assert {k: v for k, v in importers.items() if v} == {}
+
+
+def test_pipelines_import_only_the_core_and_the_data_layer():
+    """Counting imports inside functions too (ast.walk): a pipeline never reaches up to auto, sft, inference..."""
+    allowed = ("dllm.core", "dllm.data", "dllm.errors", "dllm.pipelines")
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(n for n in dllm_imports(path) if not n.startswith(allowed))
+        for path in (ROOT / "dllm" / "pipelines").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_import_cycle_between_modules():
+    """The module graph of dllm (every import, in functions too; a package's import counts as its __init__) has
+    no cycle (the Qwen3-VL recipe once made sft.recipe -> auto -> pipelines.qwen3_vl.recipe -> sft.recipe)."""
+    modules = {module_name(p): p for p in (ROOT / "dllm").rglob("*.py")}
+    graph = {name: {n for n in dllm_imports(path) if n in modules and n != name} for name, path in modules.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(name: str, stack: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                cycles.append(stack[stack.index(target):] + [target] if target in stack else [name, target])
+            elif target not in state:
+                visit(target, stack + [target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    # dllm/__init__ and dllm.data re-export their submodules, which import them back by absolute name; a package
+    # importing its own submodule is not a cycle between layers.
+    real = [c for c in cycles if not any(a == b.rsplit(".", 1)[0] or b == a.rsplit(".", 1)[0]
+                                         for a, b in zip(c, c[1:]))]
+    assert real == []
 
 
 def test_no_module_called_utils_holds_code():

@@ -17,7 +17,7 @@ from dllm.core.models import is_bidirectional
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.errors import UsageError
 from dllm.sft.merge import merge_lora
-from dllm.sft.recipe import main as sft_main
+from dllm.sft.recipe import run as sft_main
 from dllm.sft.recipe import save_final
 from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, tiny_llama_config
 
@@ -219,3 +219,76 @@ def test_sharded_lora_save_writes_only_the_adapter_and_logs_the_merge_command(tm
     assert caplog.messages == [
         f"LoRA under DeepSpeed/FSDP: only the adapter was saved to {out}/adapter; merge it into the base "
         f"model on one process with: dllm merge-lora org/base {out}/adapter {out} --overwrite True"]
+
+
+# ---- a BASE the adapter does not fit, and an OUT that is the model being read ---------------------------------
+def _other_base(tmp_path, **overrides):
+    """A base like ``trained``'s (same tokenizer) but with other ``overrides`` of its config."""
+    from dllm.demo.tokenizer import build_char_tokenizer
+
+    char_tokenizer = build_char_tokenizer()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    base, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, LlamaForCausalLM,
+                                            tiny_llama_config(vocab_size=len(char_tokenizer) - 1, **overrides))
+    return base
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"num_hidden_layers": 3}, "4 of BASE's LoRA layers have no adapter weights (first: "
+                               "base_model.model.model.layers.2.self_attn.q_proj.lora_A.weight)"),
+    ({"num_hidden_layers": 1}, "4 adapter weights have no layer in BASE (first: "
+                               "base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight)"),
+])
+def test_an_adapter_that_does_not_fit_base_is_refused(trained, tmp_path, overrides, problem):
+    """peft only warns when the adapter's layers and BASE's do not pair up; merging would write a model that
+    silently lacks part of the training. Refused in one line, nothing written."""
+    base = _other_base(tmp_path / "other", **overrides)
+    with pytest.raises(UsageError) as info:
+        merge_lora(str(base), trained.adapter, tmp_path / "merged")
+    assert str(info.value) == (f"{trained.adapter}: does not fit BASE {base}: {problem}; merge it into the base it "
+                               "was trained from")
+    assert not (tmp_path / "merged").exists()
+
+
+def test_an_adapter_with_other_shapes_is_refused(trained, tmp_path):
+    base = _other_base(tmp_path / "other", hidden_size=64, intermediate_size=64)
+    with pytest.raises(UsageError, match=re.escape(f"{trained.adapter}: does not fit BASE {base} (Error(s) in "
+                                                   "loading state_dict")) as info:
+        merge_lora(str(base), trained.adapter, tmp_path / "merged")
+    assert "size mismatch" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_base_other_than_the_adapters_is_said(trained, tmp_path, caplog):
+    """A copy of the adapter's base at another path merges (it fits), with one line saying it is not the one the
+    adapter names."""
+    import shutil
+
+    copy = tmp_path / "copy_of_base"
+    shutil.copytree(trained.base, copy)
+    with caplog.at_level(logging.WARNING, logger="dllm.sft.merge"):
+        merge_lora(str(copy), trained.adapter, tmp_path / "merged")
+    assert caplog.messages == [f"{trained.adapter} was trained from {trained.base} (its base_model_name_or_path); "
+                               f"merging it into {copy} instead"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dllm.sft.merge"):
+        merge_lora(str(trained.base), trained.adapter, tmp_path / "merged_again")
+    assert caplog.messages == []
+
+
+@pytest.mark.parametrize("case", ["out is base", "out holds base", "out is adapter", "unwritable out"])
+def test_an_out_that_is_the_model_being_read_is_refused_even_with_overwrite(trained, tmp_path, case):
+    base, adapter = str(trained.base), trained.adapter
+    out, expected = {
+        "out is base": (trained.base, f"{trained.base}: is the model being read ({trained.base}); saving there would "
+                                      "overwrite it (refused even with overwrite); choose another folder"),
+        "out holds base": (trained.tmp, f"{trained.tmp}: holds the model being read ({trained.base}), which saving "
+                                        "or checkpoint rotation could overwrite or delete; choose a folder outside it"),
+        "out is adapter": (adapter, f"{adapter}: is ADAPTER, the model being read; write the merged model to another "
+                                    "folder"),
+        "unwritable out": (Path("/proc/x"), "/proc/x: cannot write in /proc (No such file or directory)"),
+    }[case]
+    before = {p: p.stat().st_mtime_ns for p in trained.tmp.rglob("*")}
+    with pytest.raises(UsageError) as info:
+        merge_lora(base, adapter, out, overwrite=True)
+    assert str(info.value) == expected
+    assert {p: p.stat().st_mtime_ns for p in trained.tmp.rglob("*")} == before  # nothing was written

@@ -135,12 +135,12 @@ def test_qwen3_vl_recipe_passes_trust_remote_code_to_its_loaders(remote_vl, tmp_
 def test_demo_vl_evaluation_passes_trust_remote_code_to_its_loaders(remote_vl):
     from types import SimpleNamespace
 
-    from dllm.demo.vl import VLDemoArguments, evaluate, recipe_argv
+    from dllm.demo.vl import VLDemoArguments, evaluate, recipe_options
 
     no_rows = SimpleNamespace(heldout=[])  # loading is what is tested; nothing to answer
     with pytest.raises(UsageError) as info:
         evaluate(VLDemoArguments(), no_rows, remote_vl, remote_vl)
     assert str(info.value) == _refusal(remote_vl)
     assert evaluate(VLDemoArguments(trust_remote_code=True), no_rows, remote_vl, remote_vl) == []
-    argv = recipe_argv(VLDemoArguments(trust_remote_code=True), remote_vl, remote_vl, remote_vl, [])
-    assert argv[argv.index("--trust_remote_code") + 1] == "True"  # and training gets the flag too
+    model_args = recipe_options(VLDemoArguments(trust_remote_code=True), remote_vl, remote_vl, remote_vl, [])[0]
+    assert model_args.trust_remote_code is True  # and training gets the flag too

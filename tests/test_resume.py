@@ -222,13 +222,15 @@ SLOW_SCRIPT = textwrap.dedent("""\
         def on_step_end(self, args, state, control, **kwargs):
             time.sleep(0.5)
 
-    class SlowTrainer(recipe.MDLMTrainer):
+    config_class, trainer_class = recipe.OBJECTIVES["mdlm"]
+
+    class SlowTrainer(trainer_class):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             self.add_callback(Sleep())
 
-    recipe.MDLMTrainer = SlowTrainer
-    recipe.main("llama3", sys.argv[1:])
+    recipe.OBJECTIVES["mdlm"] = (config_class, SlowTrainer)
+    recipe.run("llama3", sys.argv[1:])
     """)
 
 

@@ -197,3 +197,26 @@ def test_dllm_sft_picks_the_class_from_model_type_for_any_causal_lm(tmp_path, ch
     before = Qwen3ForCausalLM.from_pretrained(base).state_dict()
     assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"],
                            model.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_dllm_sft_objective_bd3lm_trains_block_diffusion_with_lora_and_packing(tmp_path, char_tokenizer):
+    """--objective bd3lm --block_size 4: the merged checkpoint records its objective and block size, its sampler
+    defaults are the block cache, and dllm's loader decodes it with them."""
+    from dllm.core.models.masked_lm import block_diffusion_size
+
+    base, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, LlamaForCausalLM,
+                                            tiny_llama_config(vocab_size=len(char_tokenizer) - 1))
+    data = alpaca_fixture(tmp_path / "alpaca.json")
+    out = tmp_path / "out"
+    common = [flag if flag != "64" else "128" for flag in COMMON]  # --max_seq_length 128
+    result = run_script("-m dllm.cli", "sft", "--model_name_or_path", str(base), "--dataset_args",
+                        f"{data}[train:20]", "--output_dir", str(out), "--gen_length", "12", "--objective", "bd3lm",
+                        "--block_size", "4", "--packing", "True", "--lora", "True", "--r", "4", "--lora_alpha", "8",
+                        "--target_modules", "q_proj", "v_proj", *common)
+    losses = [float(v) for v in re.findall(r"'loss': '?([0-9.e+-]+|nan)", result.stdout + result.stderr)]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert block_diffusion_size(Llama3ForMaskedLM.from_pretrained(out).config) == 4
+    defaults = DiffusionGenerationConfig(gen_length=12, cache="block", block_size=4)
+    assert DiffusionGenerationConfig.from_pretrained(out) == defaults
+    loaded = load_checkpoint(str(out), CheckpointArguments(device="cpu")).generation_config
+    assert (loaded.cache, loaded.block_size, loaded.gen_length) == ("block", 4, 12)

@@ -60,7 +60,7 @@ from dllm.data.messages import (
     convert_rows,
     not_an_object_error,
 )
-from dllm.data.multimodal import MULTIMODAL_FORMAT
+from dllm.data.multimodal import MULTIMODAL_FORMAT, refuse_images
 from dllm.data.spec import SPLITS, DatasetSource, parse_dataset_spec
 from dllm.errors import UsageError
 
@@ -277,12 +277,16 @@ def resolve_format(name: str, rows: Dataset, source: str) -> RowFormat:
     )
 
 
-def normalize_rows(rows: Dataset, fmt: RowFormat, *, source: str, skip_invalid: bool = False) -> Dataset:
+def normalize_rows(rows: Dataset, fmt: RowFormat, *, source: str, skip_invalid: bool = False,
+                   text_only: bool = False) -> Dataset:
     """Convert one file's or split's rows into a dataset with a ``messages`` column (plus image columns).
 
     Raises:
         DataValidationError: a malformed row, unless ``skip_invalid``.
+        UsageError: rows with images when ``text_only`` (:func:`~dllm.data.multimodal.refuse_images`).
     """
+    if text_only:
+        refuse_images(rows, source)
     if fmt.prepare is not None:
         rows = fmt.prepare(rows, source)
     text_rows = rows.select_columns([c for c in fmt.columns if c in rows.column_names])
@@ -294,18 +298,19 @@ def normalize_rows(rows: Dataset, fmt: RowFormat, *, source: str, skip_invalid: 
     return concatenate_datasets([messages, rows.select(converted.indices).select_columns(extra)], axis=1)
 
 
-def _normalize_files(name: str, paths: list[Path], skip_invalid: bool) -> Dataset:
+def _normalize_files(name: str, paths: list[Path], skip_invalid: bool, text_only: bool) -> Dataset:
     """Read, convert and concatenate a list of files (one split)."""
     parts = []
     for path in paths:
         rows = read_data_file(path)
         fmt = resolve_format(name, rows, str(path))
-        parts.append(normalize_rows(rows, fmt, source=str(path), skip_invalid=skip_invalid))
+        parts.append(normalize_rows(rows, fmt, source=str(path), skip_invalid=skip_invalid, text_only=text_only))
     return _concatenate(parts, [str(p) for p in paths])
 
 
-def load_source_splits(name: str, *, skip_invalid: bool = False) -> dict[str, Dataset]:
-    """All rows of one source, in message format, by split (``train`` and, when present, ``test``).
+def load_source_splits(name: str, *, skip_invalid: bool = False, text_only: bool = False) -> dict[str, Dataset]:
+    """All rows of one source, in message format, by split (``train`` and, when present, ``test``); ``text_only``
+    refuses rows with images.
 
     Raises:
         FileNotFoundError: a path-like name (absolute, ``./``, ``../``, ``~`` or a data-file suffix)
@@ -313,14 +318,15 @@ def load_source_splits(name: str, *, skip_invalid: bool = False) -> dict[str, Da
     """
     path = Path(name).expanduser()
     if path.is_dir():
-        return {split: _normalize_files(name, paths, skip_invalid) for split, paths in folder_files(path).items()}
+        return {split: _normalize_files(name, paths, skip_invalid, text_only)
+                for split, paths in folder_files(path).items()}
     if path.exists() or _looks_like_path(name):
-        return {"train": _normalize_files(name, [path], skip_invalid)}
+        return {"train": _normalize_files(name, [path], skip_invalid, text_only)}
     splits = {}
     for split, rows in _load_hub_splits(name).items():
         source = f"{name} ({split})"
         fmt = resolve_format(name, rows, source)
-        splits[split] = normalize_rows(rows, fmt, source=source, skip_invalid=skip_invalid)
+        splits[split] = normalize_rows(rows, fmt, source=source, skip_invalid=skip_invalid, text_only=text_only)
     return splits
 
 
@@ -399,6 +405,7 @@ def load_sft_dataset(
     seed: int = 42,
     test_size: float | int | None = None,
     skip_invalid: bool = False,
+    text_only: bool = False,
 ) -> DatasetDict:
     """Load a dataset spec into a ``DatasetDict`` of message rows.
 
@@ -408,7 +415,10 @@ def load_sft_dataset(
         seed: seed of the held-out split and of the N/M row draws (same seed, same rows).
         test_size: for sources without a test split and without ``test:M``: rows to hold out as test,
             a fraction in (0, 1) or a count; None holds out nothing.
-        skip_invalid: drop malformed rows (counted and logged per source) instead of raising.
+        skip_invalid: drop malformed rows (counted and logged per source) instead of raising; a row whose image
+            file does not exist is one.
+        text_only: refuse sources whose rows carry images (``images``/``image``), for a model that reads text
+            only and would train on the ``<image>`` placeholders as text.
 
     Returns:
         ``{"train": ..., "test": ...}``, each split the concatenation of the sources' splits in spec
@@ -421,13 +431,14 @@ def load_sft_dataset(
             M larger than available.
         FileNotFoundError: a missing local file (naming the path).
         DataValidationError: a malformed row (source, row index, problem), unless ``skip_invalid``.
+        UsageError: with ``text_only``, a row with images (source, row index).
     """
     per_split: dict[str, list[Dataset]] = {split: [] for split in SPLITS}
     names: dict[str, list[str]] = {split: [] for split in SPLITS}
     for source in parse_dataset_spec(spec):
         splits = split_source(
-            source, load_source_splits(source.name, skip_invalid=skip_invalid), seed=seed, test_size=test_size
-        )
+            source, load_source_splits(source.name, skip_invalid=skip_invalid, text_only=text_only), seed=seed,
+            test_size=test_size)
         for split, dataset in splits.items():
             per_split[split].append(dataset)
             names[split].append(source.name)

@@ -14,7 +14,8 @@ from typing import Any
 
 from datasets import Dataset, Image, List, Value
 
-from dllm.data.messages import DataValidationError, Message, RowFormat, messages_row_to_messages
+from dllm.data.messages import PASSTHROUGH_KEYS, DataValidationError, Message, RowFormat, messages_row_to_messages
+from dllm.errors import UsageError
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -56,11 +57,26 @@ def count_placeholders(messages: Sequence[Message]) -> int:
     return sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
 
 
+def _missing_image_file(image: Any) -> str | None:
+    """The path of an image that names a file that does not exist, else None. Only absolute paths are checked:
+    a file source's are made absolute when loading; a hub dataset's relative paths resolve against the collator's
+    ``image_root``, unknown here. Images given as bytes need no file."""
+    path = image.get("path") if isinstance(image, Mapping) and not image.get("bytes") else image
+    if not isinstance(path, str):
+        return None
+    if not path:
+        return "'' (an empty path)"
+    file = Path(path).expanduser()
+    return str(file) if file.is_absolute() and not file.is_file() else None
+
+
 def multimodal_row_to_messages(row: Mapping[str, Any], source: str, index: int) -> list[Message]:
-    """Converter for ``{messages, images}`` rows: validate the messages and the image count.
+    """Converter for ``{messages, images}`` rows: validate the messages, the image count and that image files
+    exist (found here, not as a ``FileNotFoundError`` in the collator halfway through training).
 
     Raises:
-        DataValidationError: a bad conversation, ``images`` not a list, or placeholders != images.
+        DataValidationError: a bad conversation, ``images`` not a list, placeholders != images, or an image file
+            that does not exist.
     """
     messages = messages_row_to_messages(row, source, index)
     images = row.get("images")
@@ -72,7 +88,30 @@ def multimodal_row_to_messages(row: Mapping[str, Any], source: str, index: int) 
     if placeholders != len(images):
         raise DataValidationError(source, index, "image count",
                                   f"{placeholders} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images")
+    for position, image in enumerate(images):
+        missing = _missing_image_file(image)
+        if missing is not None:
+            raise DataValidationError(source, index, "missing image file",
+                                      f"images[{position}]: image file not found: {missing}")
     return messages
+
+
+def refuse_images(rows: Dataset, source: str) -> None:
+    """Refuse a source whose rows carry images when the model reads text only: it would train on the
+    ``<image>`` placeholders as text and never see the images.
+
+    Raises:
+        UsageError: naming the source, the first row with images, and the column.
+    """
+    for column in PASSTHROUGH_KEYS:
+        if column not in rows.column_names:
+            continue
+        for index, value in enumerate(undecoded_images(rows, column)[column]):
+            if value is not None and value != []:
+                raise UsageError(f"{source} row {index}: {column!r} holds images, but the model reads text only "
+                                 f"(it would train on the {IMAGE_PLACEHOLDER} placeholders as text and never see "
+                                 "the images); use a vision-language checkpoint (dllm sft qwen3_vl) or remove the "
+                                 "images")
 
 
 MULTIMODAL_FORMAT = RowFormat(

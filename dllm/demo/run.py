@@ -72,8 +72,8 @@ from transformers.training_args import OptimizerNames
 from transformers.utils import logging as hf_logging
 
 from dllm.auto import AutoModelForMaskedDiffusion
-from dllm.core.sampling import DiffusionGenerationConfig, generate_text_output
-from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
+from dllm.core.sampling import DiffusionGenerationConfig, generate_text_output, generation_defaults
+from dllm.core.trainers import BD3LMConfig, BD3LMTrainer, MDLMTrainer
 from dllm.data.collator import IGNORE_INDEX, SFTDataCollator, tokenize_messages
 from dllm.demo.tasks import (
     DEMO_ALPHABET,
@@ -119,6 +119,10 @@ class DemoArguments:
                              "the tiny model's matmuls gain little from a second thread, and a second thread "
                              "thrashes when anything else runs on the machine (20-40x slower, measured)."}
     )
+    objective: Literal["mdlm", "bd3lm"] = field(
+        default="mdlm", metadata={"help": "'mdlm': one bidirectional block over the answer canvas; 'bd3lm': block "
+                                  "diffusion (--block_size), decoded block by block with the exact block cache."}
+    )
     plot: bool = field(
         default=True, metadata={"help": "Draw loss.png (needs matplotlib: pip install 'dllm[plot]'; checked at "
                                 "start); --no_plot runs without it."}
@@ -160,9 +164,13 @@ class DemoArguments:
 
 
 @dataclass
-class DemoTrainingConfig(MDLMConfig):
-    """MDLMConfig with the demo's defaults (tiny model from scratch, CPU, wall-clock budget)."""
+class DemoTrainingConfig(BD3LMConfig):
+    """The trainers' config with the demo's defaults (tiny model from scratch, CPU, wall-clock budget);
+    ``block_size`` is read with ``--objective bd3lm`` only."""
 
+    block_size: int = field(
+        default=4, metadata={"help": "With --objective bd3lm: positions per block (counted from the sequence start)."}
+    )
     output_dir: str = field(default="outputs/demo", metadata={"help": "Checkpoint, tokenizer and loss.png go here."})
     use_cpu: bool = field(default=True, metadata={"help": "Train on CPU (the demo is sized for 2 cores)."})
     max_steps: int = field(
@@ -324,8 +332,8 @@ def on_budget_clock(by_step: LRScheduler, budget: WallClockBudget, num_training_
     return LambdaLR(by_step.optimizer, [at_budget_clock(formula) for formula in by_step.lr_lambdas])
 
 
-class BudgetClockTrainer(MDLMTrainer):
-    """``MDLMTrainer`` whose learning-rate schedule (``--lr_scheduler_type``, built by Trainer) runs on the
+class BudgetClock:
+    """A trainer mixin: the learning-rate schedule (``--lr_scheduler_type``, built by Trainer) runs on the
     budget's clock (:func:`on_budget_clock`): Trainer's schedules span ``max_steps`` only, and the demo stops at
     ``max_steps`` or at the wall-clock cap, whichever comes first."""
 
@@ -339,6 +347,18 @@ class BudgetClockTrainer(MDLMTrainer):
             by_step = super().create_scheduler(num_training_steps, optimizer)
             self.lr_scheduler = on_budget_clock(by_step, self.budget, num_training_steps)
         return self.lr_scheduler
+
+
+class BudgetClockTrainer(BudgetClock, MDLMTrainer):
+    """``MDLMTrainer`` on the budget's clock."""
+
+
+class BudgetClockBD3LMTrainer(BudgetClock, BD3LMTrainer):
+    """``BD3LMTrainer`` on the budget's clock."""
+
+
+# One per entry of dllm.core.trainers.OBJECTIVES.
+BUDGET_CLOCK_TRAINERS: dict[str, type[MDLMTrainer]] = {"mdlm": BudgetClockTrainer, "bd3lm": BudgetClockBD3LMTrainer}
 
 
 class Progress(TrainerCallback):
@@ -401,8 +421,9 @@ def answer_prompts(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
 
 def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict], gen_length: int,
              batch_size: int) -> tuple[list[str], dict[str, float]]:
-    """Answer ``examples`` (one token committed per step); returns the answers and exact match per task."""
-    answers, _ = answer_prompts(model, tokenizer, examples, DiffusionGenerationConfig(gen_length=gen_length),
+    """Answer ``examples`` (one token committed per step; a block-diffusion model with its block cache); returns
+    the answers and exact match per task."""
+    answers, _ = answer_prompts(model, tokenizer, examples, generation_defaults(model.config, gen_length=gen_length),
                                 batch_size)
     hits: dict[str, list[int]] = {}
     for example, answer in zip(examples, answers):
@@ -417,9 +438,9 @@ def report_parallel_decoding(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     """Print exact match and forward passes of parallel decoding (Fast-dLLM: commit every position whose
     confidence is at least ``threshold``) next to one token per step; returns its exact match."""
     rows = []
-    for name, config in (("one token per step", DiffusionGenerationConfig(gen_length=gen_length)),
-                         (f"threshold {threshold}", DiffusionGenerationConfig(gen_length=gen_length,
-                                                                              threshold=threshold))):
+    for name, config in (("one token per step", generation_defaults(model.config, gen_length=gen_length)),
+                         (f"threshold {threshold}", generation_defaults(model.config, gen_length=gen_length,
+                                                                        threshold=threshold))):
         answers, passes = answer_prompts(model, tokenizer, heldout, config, batch_size)
         hits = sum(a == e["answer"] for a, e in zip(answers, heldout))
         batches = -(-len(heldout) // batch_size)
@@ -532,7 +553,7 @@ def train(args: DemoArguments, train_args: DemoTrainingConfig, demo: DemoTasks, 
     progress = Progress(budget, lambda m: evaluate(m, tokenizer, monitor_set, demo.gen_length,
                                                    args.eval_batch_size)[1],
                         args.eval_every_minutes * 60)
-    trainer = BudgetClockTrainer(
+    trainer = BUDGET_CLOCK_TRAINERS[args.objective](
         model=model, args=train_args, processing_class=tokenizer, budget=budget,
         train_dataset=TaskStream(demo.train_mix, CharChatEncoder(tokenizer, demo.gen_length), train_args.seed,
                                  args.heldout_fraction),
@@ -561,7 +582,8 @@ def save_and_evaluate(trainer: MDLMTrainer, tokenizer: PreTrainedTokenizerBase, 
     # Every dllm verb (sample, chat, serve, eval) starts from these settings: the demo's answer canvas, filled
     # one token per step (steps None, saved as null: the sampler the exact-match line measures, and still one
     # token per step when a user asks for another --gen_length).
-    DiffusionGenerationConfig(gen_length=demo.gen_length).save_pretrained(output_dir)
+    # A block-diffusion checkpoint adds its exact block cache and block size.
+    generation_defaults(trainer.model.config, gen_length=demo.gen_length).save_pretrained(output_dir)
     model = AutoModelForMaskedDiffusion.from_pretrained(output_dir)
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     answers, _ = evaluate(model, tokenizer, demo.heldout, demo.gen_length, args.eval_batch_size)
@@ -580,7 +602,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {type(model).__name__}, {args.num_hidden_layers} layers x {args.hidden_size}, "
           f"{n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; tasks: {', '.join(t.name for t in demo.tasks)}; "
-          f"{torch.get_num_threads()} CPU threads", flush=True)
+          f"{torch.get_num_threads()} CPU threads; objective {args.objective}"
+          + (f" (blocks of {train_args.block_size})" if args.objective == "bd3lm" else ""), flush=True)
 
     trainer, progress = train(args, train_args, demo, tokenizer, model)
     answers = save_and_evaluate(trainer, tokenizer, progress, args, demo, output_dir)

@@ -2,7 +2,7 @@
 grids, then answer questions about grids it never saw by iterative denoising. Nothing is downloaded.
 
     make demo-vl                                # = dllm demo-vl = python -m dllm.demo.vl
-    python -m dllm.demo.vl --max_steps 2000     # shorter run; flags the demo does not define go to the recipe
+    python -m dllm.demo.vl --max_steps 2000     # shorter run; any flag of dllm sft qwen3_vl works too
     python -m dllm.demo.vl --help               # the demo's own flags (the recipe's: dllm sft qwen3_vl --help)
 
 The task: a 3 x 3 grid of solid cells in 6 colours; "What colour is row R, column C?"; the answer is a colour
@@ -18,8 +18,8 @@ Steps, on the code path of ``examples/qwen3_vl/sft.py``:
 2. build a word-level tokenizer with Qwen's special tokens, Qwen3-VL's processor (pixel bounds that never resize
    a grid: one 32 x 32 cell is one merged 2 x 2 patch, one language-model token) and a random-init
    ``Qwen3VLForMaskedLM`` through ``dllm.auto``, saved with ``save_pretrained`` to ``OUTPUT_DIR/init``;
-3. train with the Qwen3-VL recipe (``dllm sft qwen3_vl``'s ``main``, reached through ``dllm.auto.FAMILIES``) and
-   ``--lora False --freeze_vision False --freeze_merger False``: the random vision tower learns too;
+3. train with the one SFT recipe (:func:`dllm.sft.recipe.main`, what ``dllm sft qwen3_vl`` runs, given parsed
+   options: ``lora=False``, ``freeze_vision=False``, ``freeze_merger=False``): the random vision tower learns too;
 4. reload the checkpoint (``from_pretrained``) and answer the held-out questions in batches of 100, one token
    committed per step, with the Qwen3-VL sampler inputs (``FAMILIES["qwen3_vl"].image_inputs``, what
    ``dllm sample --image`` uses; this package may not import a pipeline) and :func:`dllm.core.sampling.generate`;
@@ -27,27 +27,7 @@ Steps, on the code path of ``examples/qwen3_vl/sft.py``:
    asked cell outlined, question, answer, expected) and end with ``held-out accuracy: NN.N% (N/M) in S s``
    (S: wall time since the process started).
 
-What made it learnable in minutes on a CPU (each measured on 2 shared cores against the alternative):
-
-* reading one cell's colour is learned in ~200 steps; finding *which* cell the question names is the hard part,
-  a lookup that a random model reaches only after a plateau at "a colour from the image" (~33%). With 3 x 3
-  grids only, 2000-4000 steps stayed at 30-50% whatever the width, learning rate or position-embedding scale;
-* ``mixed_sizes``: half the training grids have another shape (1..3 x 1..3: a 3 x 1 grid asks only for a row,
-  a 1 x 3 only for a column). Qwen3-VL takes any image size, and its multimodal RoPE gives a cell the same
-  row/column offsets in every shape. This ended the plateau after 1000-2500 steps (all-3 x 3 share 25% or 75%
-  did worse than 50%);
-* attention heads of 64 dims (2 heads on width 64): Qwen3's QK-norm bounds a logit by about the square root of
-  the head width, and picking one of 9 image tokens needs large logits (16-dim heads: no lookup in 2000 steps;
-  64: a 3-way lookup twice as fast as 32). RoPE base 100, as in the text demo: positions here are below 40;
-* 4 language-model layers and learning rate 5e-3: with 3 layers (3e-3 or 5e-3) 2 of 7 seeds were still at
-  50-78% after 3000 steps; 4 layers at 5e-3 learned for 4 of 5 seeds by 3000 and for every seed tried (3, 5, 6
-  and the ones that had learned by 3000) by 5000 steps, the default (~11 steps/s, ~8 minutes);
-* a word-level tokenizer: rows of 31 tokens instead of 69 with characters, and every colour one token, so
-  every answer has the same length (with characters the number of answer positions told "red" from "purple";
-  the model read the length and the sampler, whose canvas has one length, answered one colour every time);
-* ``time_eps=0.8`` and uniform loss weighting: the answer is one word, so the fully masked canvas the sampler
-  starts from is the case to train; one CPU thread for the model and one DataLoader worker (image decoding and
-  collation, ~20% of a step) on the second core.
+Why each default is what it is (the measurements behind them): ``docs/demos.md``.
 """
 
 from __future__ import annotations
@@ -66,14 +46,18 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 import torch
-from transformers import HfArgumentParser, PreTrainedTokenizerFast, set_seed
+from transformers import PreTrainedTokenizerFast, set_seed
 from transformers.utils import logging as hf_logging
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, load_processor
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, generate, with_tokenizer_ids
-from dllm.data.chat_templates import QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+from dllm.pipelines.qwen3_vl.chat_template import QWEN3_VL_CHAT_TEMPLATE, QWEN_SPECIAL_TOKENS
+from dllm.pipelines.qwen3_vl.testing import MERGE, PATCH, build_tiny_qwen3_vl_processor, tiny_qwen3_vl_config
 from dllm.demo.run import process_start_time
+from dllm.sft.recipe import main as recipe_main
+from dllm.sft.recipe import make_parser
 from dllm.errors import UsageError
+from dllm.options import OptionParser
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -96,14 +80,13 @@ MASK_TOKEN = "<|mask|>"
 WORDS = ["user", "assistant", "system", "What", "colour", "is", "row", "column", "cell", "the", "in", "of", "and",
          *COLOURS, *"0123456789", ",", ".", "?", ":", "'", "\n"]
 ANSWER_CANVAS = 3  # answer positions the sampler fills: the colour word, <|im_end|> and the newline after it
-PATCH, MERGE = 16, 2  # Qwen3-VL's patch size and spatial merge: one LM image token per 32 x 32 pixels
 
 
 @dataclass
 class VLDemoArguments:
     """The task, the model, the training budget and the evaluation of the visual demo (the defaults and why: the
-    module docstring). Flags not listed here go to the Qwen3-VL recipe unchanged (``dllm sft qwen3_vl --help``)
-    and override the demo's recipe flags."""
+    module docstring and docs/demos.md). Flags not listed here are the recipe's (``dllm sft qwen3_vl --help``),
+    parsed by its parser over the demo's defaults for them (:func:`recipe_options`)."""
 
     output_dir: str = field(default="outputs/demo-vl", metadata={"help": "Data, checkpoint and samples.png go here."})
     seed: int = field(default=42, metadata={"help": "Seed of the data, the model's initialisation and training."})
@@ -300,44 +283,29 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_processor(args: VLDemoArguments) -> Any:
     """Qwen3-VL's processor with pixel bounds that keep the grid image at its size (no resize: a cell stays
-    one merged patch, one LM token)."""
-    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-    image_processor = Qwen2VLImageProcessor(
-        patch_size=PATCH, temporal_patch_size=2, merge_size=MERGE,
-        size={"shortest_edge": args.cell_pixels**2,
-              "longest_edge": args.grid_rows * args.grid_cols * args.cell_pixels**2},
-        image_mean=[0.5] * 3, image_std=[0.5] * 3,
-    )
-    video_processor = Qwen3VLVideoProcessor(patch_size=PATCH, temporal_patch_size=2, merge_size=MERGE)
-    return Qwen3VLProcessor(image_processor=image_processor, tokenizer=build_tokenizer(),
-                            video_processor=video_processor, chat_template=QWEN3_VL_CHAT_TEMPLATE)
+    one merged patch, one LM token), over the word-level tokenizer."""
+    return build_tiny_qwen3_vl_processor(build_tokenizer(), min_pixels=args.cell_pixels**2,
+                                         max_pixels=args.grid_rows * args.grid_cols * args.cell_pixels**2)
 
 
 def model_config(args: VLDemoArguments, tokenizer: PreTrainedTokenizerFast) -> Any:
     """A tiny Qwen3-VL config: DeepStack from every vision block into the first language layers."""
-    from transformers import Qwen3VLConfig
-
-    ids = tokenizer.convert_tokens_to_ids
     heads = args.num_attention_heads
     head_dim = args.head_dim or args.hidden_size // heads
     # Rotary pairs per axis (temporal, height, width) in Qwen3-VL's proportions (its 128-dim heads: 24, 20, 20).
     hw = (head_dim // 2) * 5 // 16
     patches_per_side = max(args.grid_rows, args.grid_cols) * args.cell_pixels // PATCH
-    text = dict(vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
-                num_hidden_layers=args.num_hidden_layers, num_attention_heads=heads, num_key_value_heads=heads,
-                head_dim=head_dim, max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta,
-                                 "mrope_section": [head_dim // 2 - 2 * hw, hw, hw], "mrope_interleaved": True})
     vision = dict(depth=args.vision_depth, hidden_size=args.vision_hidden_size,
                   intermediate_size=4 * args.vision_hidden_size, num_heads=max(1, args.vision_hidden_size // 16),
-                  out_hidden_size=args.hidden_size, patch_size=PATCH, temporal_patch_size=2,
-                  spatial_merge_size=MERGE, num_position_embeddings=patches_per_side**2,
+                  num_position_embeddings=patches_per_side**2,
                   deepstack_visual_indexes=list(range(min(args.vision_depth, args.num_hidden_layers - 1))))
-    return Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
-                         video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-                         vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=True)
+    return tiny_qwen3_vl_config(
+        tokenizer, tie_word_embeddings=True, vision=vision, hidden_size=args.hidden_size,
+        intermediate_size=4 * args.hidden_size, num_hidden_layers=args.num_hidden_layers, num_attention_heads=heads,
+        num_key_value_heads=heads, head_dim=head_dim, max_position_embeddings=256,
+        eos_token_id=tokenizer.eos_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta,
+                         "mrope_section": [head_dim // 2 - 2 * hw, hw, hw], "mrope_interleaved": True})
 
 
 def save_initial_model(args: VLDemoArguments, folder: Path) -> int:
@@ -352,24 +320,24 @@ def save_initial_model(args: VLDemoArguments, folder: Path) -> int:
 
 
 # ---- training and evaluation ----------------------------------------------------------------------------------
-def recipe_argv(args: VLDemoArguments, init_dir: Path, train_file: Path, checkpoint_dir: Path,
-                extra: list[str]) -> list[str]:
-    """The Qwen3-VL recipe's command line: every weight trains (a random vision tower must learn), then the
-    demo's training defaults (the text demo's optimizer and schedule; ``time_eps`` and uniform weighting: see the
-    module docstring), then ``extra`` (flags the user passed that the demo does not know; the later one wins)."""
-    flags = {
-        "model_name_or_path": init_dir, "dataset_args": train_file, "output_dir": checkpoint_dir,
-        "lora": False, "freeze_vision": False, "freeze_merger": False, "dtype": "float32", "use_cpu": True,
-        "seed": args.seed, "trust_remote_code": args.trust_remote_code, "max_steps": args.max_steps,
-        "per_device_train_batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "optim": "adamw_torch_fused", "adam_beta2": 0.98,
-        "weight_decay": 0.0, "lr_scheduler_type": "cosine_with_min_lr",
-        "lr_scheduler_kwargs": json.dumps({"min_lr_rate": 0.1}), "warmup_steps": 0.03, "max_grad_norm": 1.0,
-        "time_eps": 0.8, "loss_weighting": "uniform", "logging_steps": 250, "save_strategy": "no",
-        "report_to": "none", "disable_tqdm": True, "include_num_input_tokens_seen": True,
-        "dataloader_num_workers": args.dataloader_num_workers,
-    }
-    return [item for name, value in flags.items() for item in (f"--{name}", str(value))] + extra
+def recipe_options(args: VLDemoArguments, init_dir: Path, train_file: Path, checkpoint_dir: Path,
+                   extra: list[str]) -> tuple[Any, ...]:
+    """The recipe's parsed options: every weight trains (a random vision tower must learn), the demo's training
+    defaults (the text demo's optimizer and schedule; ``time_eps`` and uniform weighting: see docs/demos.md), and
+    over them ``extra``, the flags the user passed that the demo does not define, parsed by the recipe's own parser
+    (a mistake is one line)."""
+    parser = make_parser(FAMILIES["qwen3_vl"], prog="dllm demo-vl")
+    parser.set_defaults(
+        model_name_or_path=str(init_dir), dataset_args=str(train_file), output_dir=str(checkpoint_dir),
+        lora=False, freeze_vision=False, freeze_merger=False, dtype="float32", use_cpu=True, seed=args.seed,
+        trust_remote_code=args.trust_remote_code, max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, optim="adamw_torch_fused",
+        adam_beta2=0.98, weight_decay=0.0, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=0.03, max_grad_norm=1.0, time_eps=0.8,
+        loss_weighting="uniform", logging_steps=250, save_strategy="no", eval_strategy="no", report_to="none",
+        disable_tqdm=True, include_num_input_tokens_seen=True, dataloader_num_workers=args.dataloader_num_workers,
+    )
+    return parser.parse(extra)
 
 
 def answer_questions(model: Any, processor: Any, rows: list[dict[str, Any]], folder: Path, gen_length: int,
@@ -454,8 +422,8 @@ def parse_arguments(argv: list[str] | None) -> tuple[VLDemoArguments, list[str]]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()
     datasets.disable_progress_bars()  # no "Map" bars for loading the demo's own file
-    args, extra = HfArgumentParser(VLDemoArguments).parse_args_into_dataclasses(args=argv,
-                                                                               return_remaining_strings=True)
+    parser = OptionParser([VLDemoArguments], prog="dllm demo-vl", config_file=False)
+    args, extra = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     missing = [name for name in ("PIL", "torchvision") if importlib.util.find_spec(name) is None]
     missing += ["matplotlib"] if args.plot and importlib.util.find_spec("matplotlib") is None else []
     if missing:
@@ -477,10 +445,10 @@ def train(args: VLDemoArguments, data: DemoData, output_dir: Path, extra: list[s
     print(f"model: Qwen3VLForMaskedLM, random init, {n_params / 1e6:.2f}M parameters (language model "
           f"{args.num_hidden_layers} x {args.hidden_size}, vision tower {args.vision_depth} x "
           f"{args.vision_hidden_size}); {torch.get_num_threads()} CPU threads", flush=True)
-    argv = recipe_argv(args, init_dir, data.train_file, checkpoint_dir, extra)
-    print(f"training: dllm sft qwen3_vl {' '.join(argv)}", flush=True)
+    options = recipe_options(args, init_dir, data.train_file, checkpoint_dir, extra)
+    print(f"training: dllm sft qwen3_vl, {options[2].max_steps} steps on {data.train_file}", flush=True)
     began = time.time()
-    trainer = FAMILIES["qwen3_vl"].sft_main(argv)
+    trainer = recipe_main(*options)
     seconds, tokens = time.time() - began, trainer.state.num_input_tokens_seen
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [float("nan")]
     print(f"trained {trainer.state.global_step} steps, {tokens} tokens in {seconds / 60:.1f} min "

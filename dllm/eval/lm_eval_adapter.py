@@ -1,17 +1,21 @@
 """The ``dllm`` model of EleutherAI's lm-evaluation-harness (optional extra ``eval``: ``pip install 'dllm[eval]'``).
 
-    python -m dllm.eval.lm_eval_adapter --model dllm --model_args pretrained=outputs/demo --tasks TASK
-    python -m dllm.eval.lm_eval_adapter run --model dllm --model_args pretrained=CKPT,num_samples=64,steps=32 \\
+    dllm lm-eval --model_args pretrained=outputs/demo --tasks TASK      # --model dllm is the default
+    dllm lm-eval run --model dllm --model_args pretrained=CKPT,num_samples=64,steps=32,threshold=0.9 \\
         --tasks TASK --include_path my_tasks/ --output_path results/
+    python -m dllm.eval.lm_eval_adapter ...                               # the same, without the dllm command
 
 How lm-eval finds the model. ``--model NAME`` is looked up in lm-eval's model registry, which a class joins when
 the module holding its ``@register_model`` decorator is imported. lm-eval 0.4.x up to 0.4.13 (the newest release
 when this was written) imports only its own model modules, so a bare ``lm_eval --model dllm`` fails with "no
 model for this name found". Two ways work:
 
-* ``python -m dllm.eval.lm_eval_adapter ARGS``: imports this module (registering ``dllm``), then runs lm-eval's
-  own command line (``lm_eval.__main__.cli_evaluate``) with ``ARGS``, so every lm-eval flag works as documented.
-* from Python: ``import dllm.eval.lm_eval_adapter`` before ``lm_eval.simple_evaluate(model="dllm", ...)``.
+* ``dllm lm-eval ARGS`` (or ``python -m dllm.eval.lm_eval_adapter ARGS``): imports this module (registering
+  ``dllm``), then runs lm-eval's own command line (``lm_eval.__main__.cli_evaluate``) with ``ARGS`` (``--model
+  dllm`` added when no ``--model`` is given), so every lm-eval flag works as documented.
+* from Python: ``import dllm.eval.lm_eval_adapter`` before ``lm_eval.simple_evaluate(model="dllm", ...)``, or
+  hand it the model itself, ``lm_eval.simple_evaluate(model=DiffusionLM(pretrained=CKPT, threshold=0.9), ...)``
+  (any lm-eval version).
 
 dllm also declares the entry point ``dllm = "dllm.eval.lm_eval_adapter:DiffusionLM"`` in the ``lm_eval.models``
 group (``pyproject.toml``), the plugin interface of later lm-eval versions (upstream pull request 4013): with
@@ -246,10 +250,14 @@ class DiffusionLM(LM):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """lm-eval's own command line with the ``dllm`` model registered (``argv``: lm-eval's arguments)."""
+    """lm-eval's own command line with the ``dllm`` model registered (``argv``: lm-eval's arguments; ``--model
+    dllm`` unless another ``--model`` is given)."""
     from lm_eval.__main__ import cli_evaluate
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    runs = bool(argv) and argv[0] not in ("ls", "validate", "-h", "--help")  # lm-eval's other subcommands, help
+    if runs and not any(arg == "--model" or arg.startswith("--model=") for arg in argv):
+        at = 1 if argv[0] == "run" else 0  # lm-eval inserts `run` itself when no subcommand is given
+        argv[at:at] = ["--model", "dllm"]
+    sys.argv = [sys.argv[0], *argv]
     cli_evaluate()
-

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN
-from dllm.core.trainers.mdlm_trainer import MDLMConfig
+from dllm.core.trainers import OBJECTIVES  # objective name -> (its config class, its trainer): --objective
 from dllm.errors import UsageError
-
-DTYPES: tuple[str, ...] = ("auto", "bfloat16", "float16", "float32")
+from dllm.options import DTYPES
 
 
 @dataclass
@@ -38,13 +37,14 @@ class ModelArguments:
         default=DEFAULT_MASK_TOKEN,
         metadata={"help": "Mask token added when the tokenizer has none (the embeddings are resized)."},
     )
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights.",
+                                                "aliases": ["--use_peft"]})
+    r: int = field(default=16, metadata={"help": "LoRA rank.", "aliases": ["--lora_r"]})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        metadata={"help": "Module names that receive LoRA adapters."},
+        metadata={"help": "Module names that receive LoRA adapters.", "aliases": ["--lora_target_modules"]},
     )
     trust_remote_code: bool = field(
         default=False,
@@ -68,9 +68,10 @@ class DataArguments:
         default="tatsu-lab/alpaca",
         metadata={"help": "Dataset spec: name_or_path[train:N,test:M], '+' mixes sources, e.g. "
                   "examples/data/alpaca_example.json[train:30,test:5] "
-                  "(hub ids, local JSON/JSONL/Parquet files or folders)."},
+                  "(hub ids, local JSON/JSONL/Parquet files or folders).", "aliases": ["--dataset_name"]},
     )
-    max_seq_length: int = field(default=1024, metadata={"help": "Longest tokenised row; longer answers are cut."})
+    max_seq_length: int = field(default=1024, metadata={"help": "Longest tokenised row; longer answers are cut.",
+                                                        "aliases": ["--max_length"]})
     mask_prompt_loss: bool = field(default=True, metadata={"help": "Train on assistant turns only."})
     train_on_eos_padding: bool = field(
         default=False,
@@ -112,9 +113,14 @@ class DataArguments:
 
 
 @dataclass
-class SFTConfig(MDLMConfig):
-    """MDLMConfig with SFT defaults."""
+class SFTDefaults:
+    """The SFT recipe's own training options and its defaults for ``TrainingArguments``' (an objective's config
+    class comes after it in the bases: :func:`sft_config_class`)."""
 
+    objective: str = field(
+        default="mdlm", metadata={"help": "Training objective: 'mdlm' (one bidirectional pass over the answer) or "
+                                  "'bd3lm' (block diffusion: give --block_size after it; the checkpoint decodes block "
+                                  "by block with an exact cache).", "choices": list(OBJECTIVES)})
     output_dir: str = field(default="outputs/sft", metadata={"help": "Where checkpoints and the final model go."})
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training set."})
@@ -123,7 +129,12 @@ class SFTConfig(MDLMConfig):
     )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoints: no, steps, epoch."})
+    save_strategy: str = field(
+        default="steps", metadata={"help": "When to write checkpoints: no, steps (every --save_steps), epoch."})
+    eval_strategy: str = field(
+        default="steps", metadata={"help": "When to evaluate the test split: no, steps (every --eval_steps), epoch. "
+                                   "Without a test split nothing is evaluated."})
+    eval_steps: float | None = field(default=500, metadata={"help": "Evaluate every N steps (eval_strategy steps)."})
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "DDP: search for parameters without gradient every step (costs an extra pass; "
@@ -140,4 +151,36 @@ class SFTConfig(MDLMConfig):
     def __post_init__(self) -> None:
         if self.gen_length < 1:
             raise UsageError(f"gen_length must be a positive integer, got {self.gen_length}")
+        for name in ("learning_rate", "weight_decay", "warmup_steps", "max_grad_norm", "adam_epsilon"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("logging_steps", "save_steps"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise UsageError(f"num_train_epochs must be positive (or give --max_steps), got {self.num_train_epochs}")
         super().__post_init__()
+
+
+_SFT_CONFIGS: dict[str, type] = {}
+
+
+def sft_config_class(objective: str = "mdlm") -> type:
+    """The options class of ``dllm sft --objective NAME``: :class:`SFTDefaults` over the objective's config class
+    (its fields, then the SFT defaults win), made once per objective.
+
+    Raises:
+        UsageError: an unknown objective.
+    """
+    if objective not in OBJECTIVES:
+        raise UsageError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if objective not in _SFT_CONFIGS:
+        base = OBJECTIVES[objective][0]
+        name = "SFTConfig" if objective == "mdlm" else f"{base.__name__.removesuffix('Config')}SFTConfig"
+        _SFT_CONFIGS[objective] = dataclass(type(name, (SFTDefaults, base), {
+            "__doc__": f"{base.__name__} with the SFT recipe's options and defaults.", "__module__": __name__}))
+    return _SFT_CONFIGS[objective]
+
+
+SFTConfig = sft_config_class("mdlm")
+"""MDLMConfig with SFT defaults (``dllm sft``'s training options)."""

@@ -17,8 +17,10 @@ template, with the adapter's tokenizer), from ADAPTER when it holds one, else fr
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ from dllm.auto import AutoModelForMaskedDiffusion, load_processor, load_tokenize
 from dllm.core.models.masked_lm import add_mask_token
 from dllm.core.sampling import GENERATION_CONFIG_NAME
 from dllm.errors import UsageError
+from dllm.sft.checkpoints import check_writable, refuse_model_folders
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -73,17 +78,57 @@ def check_adapter(adapter: str | Path) -> dict:
 
 
 def check_output(out: str | Path, adapter: str | Path, base: str, overwrite: bool) -> None:
-    """Refuse an OUT that is a file, is BASE, or is a folder with contents (other than ADAPTER) unless
-    ``overwrite``."""
+    """Refuse, before any work, an OUT that cannot be written, that is BASE or ADAPTER or holds BASE (whatever
+    ``overwrite`` says: saving would overwrite the model being read), or that is a folder with contents (other
+    than ADAPTER, which merging writes beside: ``dllm merge-lora BASE OUT/adapter OUT``) unless ``overwrite``."""
     out_path, adapter_path = Path(out), Path(adapter).resolve()
-    if out_path.exists() and not out_path.is_dir():
-        raise UsageError(f"{out}: exists and is not a folder")
-    if Path(base).is_dir() and out_path.resolve() == Path(base).resolve():
-        raise UsageError(f"{out}: is BASE; write the merged model to another folder")
+    if out_path.resolve() == adapter_path:
+        raise UsageError(f"{out}: is ADAPTER, the model being read; write the merged model to another folder")
+    refuse_model_folders(out, [base], flag="")
+    check_writable(out, flag="")
     contents = [p for p in out_path.iterdir() if p.resolve() != adapter_path] if out_path.is_dir() else []
     if contents and not overwrite:
         raise UsageError(f"{out}: exists and is not empty; choose a new folder or pass --overwrite True "
                          "(files of the same names are replaced)")
+
+
+def note_other_base(adapter_config: dict, adapter: Path, base: str) -> None:
+    """Log one line when BASE is not the model the adapter names (``base_model_name_or_path``): legitimate for a
+    copy of it, and :func:`check_adapter_fits` refuses a model the adapter does not fit."""
+    named = adapter_config.get("base_model_name_or_path")
+    if not named:
+        return
+    same = (Path(named).resolve() == Path(base).resolve() if Path(named).exists() and Path(base).exists()
+            else named == base)
+    if not same:
+        logger.warning("%s was trained from %s (its base_model_name_or_path); merging it into %s instead", adapter,
+                       named, base)
+
+
+def check_adapter_fits(peft_model: Any, adapter: Path, base: str) -> None:
+    """Refuse an adapter whose LoRA weights and BASE's LoRA layers do not pair up one to one: weights with no layer
+    (BASE has fewer layers or other module names) would be dropped, layers with no weights would merge nothing,
+    and peft only warns about either.
+
+    Raises:
+        UsageError: naming how many weights or layers are unpaired and the first of each.
+    """
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        return  # a .bin adapter: its keys cannot be read without loading it whole
+    with safe_open(str(weights), framework="pt") as f:
+        saved = {key for key in f.keys() if "lora_" in key}  # not the resized embedding rows peft saves too
+    expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=False))
+    unplaced, unfilled = sorted(saved - expected), sorted(k for k in expected - saved if "lora_" in k)
+    problems = [f"{len(unplaced)} adapter weights have no layer in BASE (first: {unplaced[0]})"] if unplaced else []
+    if unfilled:
+        problems.append(f"{len(unfilled)} of BASE's LoRA layers have no adapter weights (first: {unfilled[0]})")
+    if problems:
+        raise UsageError(f"{adapter}: does not fit BASE {base}: {'; '.join(problems)}; merge it into the base it "
+                         "was trained from")
 
 
 def _embedding_rows_saved(model: PreTrainedModel, adapter: Path) -> bool:
@@ -134,15 +179,17 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
     checkpoint) to ``out``; returns the merged model.
 
     Raises:
-        UsageError: a missing BASE or ADAPTER, an ADAPTER that is not a peft adapter or does not fit BASE, an
-            OUT that is not empty (without ``overwrite``), or an adapter without the resized embedding rows its
+        UsageError: a missing BASE or ADAPTER, an ADAPTER that is not a peft adapter or does not fit BASE (shapes,
+            or weights and layers that do not pair up), an OUT that cannot be written, is BASE or ADAPTER, or is
+            not empty (without ``overwrite``), or an adapter without the resized embedding rows its
             tokenizer's mask token needs.
     """
     from peft import PeftModel
 
-    check_adapter(adapter)
+    adapter_config = check_adapter(adapter)
     check_output(out, adapter, base, overwrite)
     adapter = Path(adapter)
+    note_other_base(adapter_config, adapter, base)
     has_tokenizer = any((adapter / name).is_file() for name in _TOKENIZER_FILES)
     tokenizer = load_tokenizer(str(adapter) if has_tokenizer else base, trust_remote_code)
     model = AutoModelForMaskedDiffusion.from_pretrained(
@@ -155,11 +202,14 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
                          f"{len(tokenizer)}, and the adapter holds no embedding weights, so the mask token's row it "
                          "was trained with is lost; merge with the base it was trained from")
     try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter))
+        with warnings.catch_warnings():  # check_adapter_fits refuses what peft would only warn about
+            warnings.filterwarnings("ignore", message="Found missing adapter keys")
+            peft_model = PeftModel.from_pretrained(model, str(adapter))
     except RuntimeError as err:  # torch's load_state_dict "size mismatch"
         if "size mismatch" not in str(err):
             raise
         raise UsageError(f"{adapter}: does not fit BASE {base} ({' '.join(str(err).split())[:300]})") from err
+    check_adapter_fits(peft_model, adapter, base)
     merged = peft_model.merge_and_unload()
     Path(out).mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)

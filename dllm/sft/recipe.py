@@ -1,14 +1,22 @@
-"""The supervised fine-tuning recipe behind ``examples/<family>/sft.py`` and ``dllm sft [family]``.
+"""The one supervised fine-tuning recipe behind ``examples/<family>/sft.py`` and ``dllm sft [family]``: every model
+family and every objective goes through it; a family changes it only through its hooks in :data:`dllm.auto.FAMILIES`
+(tokenizer or processor, model, collator, trainer, its own options), an objective through
+:data:`dllm.sft.config.OBJECTIVES` (its config and trainer classes).
 
-Steps: parse options, check the checkpoint's config, load and validate the data (so a mistake in either stops
-the run before any weights load), load the tokenizer and the bidirectional model (the class is picked from the
-checkpoint's ``model_type`` by :class:`dllm.auto.AutoModelForMaskedDiffusion`), give it a mask token, optionally
-wrap it in LoRA, build the collator, train with :class:`MDLMTrainer`, and save a checkpoint
-that ``AutoModelForMaskedDiffusion.from_pretrained`` (and ``AutoTokenizer``) load back, with the sampler defaults
-(``--gen_length``) that ``dllm sample``/``chat``/``serve``/``playground`` start from.
+Parsing is apart from running, as in trl: :func:`make_parser` builds the options parser of a family and objective,
+:func:`main` runs the recipe on parsed options (``main(model_args, data_args, training_args)``, callable from
+Python), and :func:`run` is the command line (it reads the checkpoint's ``config.json`` once, picks the family
+from its ``model_type``, parses, and calls :func:`main` with that config).
 
-A family name (``llama3``, ``gemma2``) only supplies the default checkpoint; ``--model_name_or_path`` may point
-at any causal LM transformers knows (Qwen3, Mistral, ...).
+Steps of :func:`main`: load and validate the data (a mistake stops the run before any weights load), load the
+tokenizer (or processor) and the bidirectional model, give it a mask token, optionally wrap it in LoRA, build the
+collator, train, and save a checkpoint that ``AutoModelForMaskedDiffusion.from_pretrained`` (and ``AutoTokenizer``)
+load back, with the sampler defaults (``--gen_length``) that ``dllm sample``/``chat``/``serve``/``playground``
+start from, and the resolved options (``run_config.yaml``, which ``--config`` reads back).
+
+A family name (``llama3``, ``gemma2``, ``qwen3_vl``) only supplies the default checkpoint; the checkpoint's
+``model_type`` picks the class and the hooks, so ``--model_name_or_path`` may point at any causal LM transformers
+knows (Qwen3, Mistral, ...).
 """
 
 from __future__ import annotations
@@ -16,82 +24,184 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import re
 import shlex
 import sys
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from datasets import DatasetDict
-from transformers import HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, set_seed
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, family_for_model_type, load_config, load_tokenizer
+from dllm.auto import FAMILIES, GENERIC_FAMILY, ModelFamily, load_config, recipe_family
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token, text_config
-from dllm.core.sampling import DiffusionGenerationConfig
+from dllm.core.sampling import DiffusionGenerationConfig, generation_defaults
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
-from dllm.data.collator import SFTDataCollator, tokenize_messages
+from dllm.data.collator import tokenize_messages
 from dllm.data.packing import pack_dataset
 from dllm.data.utils import load_sft_dataset
 from dllm.errors import UsageError
-from dllm.sft.config import DataArguments, ModelArguments, SFTConfig
+from dllm.options import OptionParser, config_path, read_option_file, save_options, torch_dtype
+from dllm.sft.checkpoints import check_output_dir, resolve_resume_checkpoint
+from dllm.sft.config import OBJECTIVES, DataArguments, ModelArguments, sft_config_class
 
 logger = logging.getLogger(__name__)
 
 
-class _Parser(HfArgumentParser):
-    """Flag mistakes (unknown flag, bad choice, bad value) raise a one-line UsageError, not the whole usage."""
+def make_parser(family: ModelFamily | None = None, objective: str = "mdlm", prog: str = "dllm sft") -> OptionParser:
+    """The options of ``dllm sft`` for a family (its own options dataclass and defaults; ``None``: a text model) and
+    an objective (its config class): ``parser.parse(argv)`` gives ``(model_args, data_args, training_args[,
+    family_args])``."""
+    family = family or GENERIC_FAMILY
+    types = [ModelArguments, DataArguments, sft_config_class(objective)]
+    parser = OptionParser(types + ([family.options] if family.options else []), prog=prog)
+    defaults = dict(family.option_defaults)
+    if family.default_checkpoint and family.name in FAMILIES:
+        defaults["model_name_or_path"] = family.default_checkpoint
+    parser.set_defaults(**defaults)
+    return parser
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
-
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, SFTConfig]:
-    """``(model_args, data_args, training_args)`` from the command line (``--help`` lists every flag).
+def parse_args(argv: list[str] | None = None, family: ModelFamily | None = None) -> tuple[Any, ...]:
+    """``(model_args, data_args, training_args[, family_args])`` from the command line (``--help`` lists every flag).
 
     Raises:
-        UsageError: an unknown flag, a bad value, or options the configs' checks reject (``TrainingArguments``'
-            and :class:`MDLMConfig`'s ValueErrors, which only ever judge the flags given).
+        UsageError: an unknown flag, a bad value, or options the configs' checks reject.
     """
-    parser = _Parser((ModelArguments, DataArguments, SFTConfig))
-    try:
-        return parser.parse_args_into_dataclasses(args=argv)
-    except UsageError:
-        raise
-    except ValueError as err:
-        raise UsageError(" ".join(str(err).split())) from err
+    return make_parser(family, _peek(list(argv or []), "objective") or "mdlm").parse(argv)
 
 
-def resolve_checkpoint(family: str | None, model_args: ModelArguments) -> str:
-    """``--model_name_or_path``, else the named family's default checkpoint.
+def _peek(argv: list[str], name: str) -> str | None:
+    """The value of ``--name`` on the command line, else in its ``--config`` file, else None (read before the full
+    parse: it decides which parser parses)."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument(f"--{name}")
+    known, _ = peek.parse_known_args(argv)
+    value = getattr(known, name)
+    if value is None:
+        value = read_option_file(config_path(argv)).get(name)
+    return None if value is None else str(value)
+
+
+def resolve_checkpoint(family: str | None, argv: list[str]) -> tuple[str, PretrainedConfig]:
+    """The checkpoint to start from (``--model_name_or_path``, its ``--config`` file value, else the named family's
+    default) and its config, read once.
 
     Raises:
-        UsageError: an unknown family, or neither a family nor a checkpoint.
+        UsageError: an unknown family, neither a family nor a checkpoint, or a checkpoint that cannot be read.
     """
     if family is not None and family not in FAMILIES:
         raise UsageError(f"unknown family {family!r}; choose one of {', '.join(sorted(FAMILIES))}, "
                          "or give --model_name_or_path alone")
-    if model_args.model_name_or_path:
-        return model_args.model_name_or_path
-    if family is None:
+    checkpoint = _peek(argv, "model_name_or_path") or (FAMILIES[family].default_checkpoint if family else None)
+    if not checkpoint:
         raise UsageError("give --model_name_or_path (a hub id or a local checkpoint), or name a family: "
                          f"dllm sft {{{','.join(sorted(FAMILIES))}}}")
-    return FAMILIES[family].default_checkpoint
+    trust = (_peek(argv, "trust_remote_code") or "false").lower() in ("true", "1", "yes")
+    config = load_config(checkpoint, trust)
+    if family is not None and config.model_type != FAMILIES[family].model_type:
+        logger.warning("%s has model_type %r, not %s's %r: training it as %s", checkpoint, config.model_type,
+                       family, FAMILIES[family].model_type, recipe_family(config).name)
+    return checkpoint, config
 
 
-def family_recipe(family: str | None, argv: list[str] | None) -> Callable[[list[str] | None], Any] | None:
-    """The family's own SFT recipe, by name or by the ``model_type`` of ``--model_name_or_path``; None for the
-    text recipe. Only that one flag is read here, so the family's recipe parses its own flags."""
-    if family is not None:
-        return FAMILIES[family].sft_main if family in FAMILIES else None
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--model_name_or_path")
-    peek.add_argument("--trust_remote_code", type=lambda v: v.lower() in ("true", "1", "yes"), default=False)
-    known, _ = peek.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if not known.model_name_or_path:
-        return None
-    found = family_for_model_type(load_config(known.model_name_or_path, known.trust_remote_code).model_type)
-    return found.sft_main if found is not None else None
+def run(family: str | None = None, argv: list[str] | None = None) -> MDLMTrainer:
+    """``dllm sft [family] [flags]``: read the checkpoint's config once, parse the options of its family and
+    objective, and run :func:`main`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    help_only = "-h" in argv or "--help" in argv
+    if help_only:  # the flags of the named family (or of text models), without reading any checkpoint
+        prog = f"dllm sft {family}" if family else "dllm sft"
+        make_parser(FAMILIES.get(family), _peek(argv, "objective") or "mdlm", prog).parse(argv)
+    checkpoint, config = resolve_checkpoint(family, argv)
+    hooks = recipe_family(config)
+    parser = make_parser(hooks, _peek(argv, "objective") or "mdlm", f"dllm sft {family or ''}".strip())
+    parser.set_defaults(model_name_or_path=checkpoint)
+    return main(*parser.parse(argv), model_config=config)
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: Any, family_args: Any = None, *,
+         model_config: PretrainedConfig | None = None) -> MDLMTrainer:
+    """Masked-diffusion SFT on parsed options (the trl pattern: ``main(script_args, training_args, model_args)``).
+
+    ``family_args``: the family's own options (Qwen3-VL's :class:`~dllm.pipelines.qwen3_vl.options.Qwen3VLOptions`;
+    their defaults when None). ``model_config``: the checkpoint's config if already read (it is not read again).
+    """
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    checkpoint = model_args.model_name_or_path
+    if not checkpoint:
+        raise UsageError("give --model_name_or_path (a hub id or a local checkpoint)")
+    config = model_config or load_config(checkpoint, model_args.trust_remote_code)  # the one config.json read
+    family = recipe_family(config)
+    family_args = family_args if family_args is not None or family.options is None else family.options()
+    if data_args.packing and not family.text_rows:
+        raise UsageError(f"--packing is for text models: {family.name} rows keep one conversation (and its images) "
+                         "each")
+    trainer_class = family.trainer_for(OBJECTIVES[getattr(training_args, "objective", "mdlm")][1])
+    # Before any work: where the run writes (never over the model it reads), and what it resumes from.
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    training_args.resume_from_checkpoint = resume
+    check_output_dir(training_args.output_dir, [checkpoint], resume_from_checkpoint=resume)
+    if training_args.process_index == 0:
+        save_options(training_args.output_dir, [o for o in (model_args, data_args, training_args, family_args) if o],
+                     header=f"dllm sft options of this run (read back with --config {Path(training_args.output_dir)}"
+                            "/run_config.yaml)")
+
+    # 1. Data first, so a bad spec, file or row stops the run before any weights load.
+    dataset = _load_data(data_args, training_args, text_only=family.image_inputs is None)
+
+    # 2. Model and tokenizer (bidirectional, with a mask token). Seeded first: a new mask-token row is random.
+    set_seed(training_args.seed)
+    model, processing = build_model_and_tokenizer(checkpoint, model_args, family_args=family_args, config=config)
+    if model_args.lora:
+        model = apply_lora(model, model_args, training_args.gradient_checkpointing,
+                           vocab_size=text_config(config).vocab_size)
+    collator = family.build_collator(processing, data_args, family_args)
+    if family.text_rows:
+        dataset = _prepare_rows(dataset, processing, data_args)
+
+    # 3. Train.
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset["train"],
+                            eval_dataset=dataset.get("test"), data_collator=collator, processing_class=processing)
+    trainer.train()
+    if getattr(collator, "num_dropped", 0):
+        logger.warning("%d rows were dropped: they do not fit in max_seq_length=%d", collator.num_dropped,
+                       data_args.max_seq_length)
+
+    # 4. Save a loadable checkpoint with its tokenizer and sampler defaults. Then every process waits for the
+    #    save and the process group is torn down before the interpreter exits: a rank that exits with gloo threads
+    #    still running aborts ("terminate called without an active exception"), which failed 1 in ~10
+    #    two-process runs.
+    save_final(trainer, processing, training_args.output_dir, model_args.lora, base=checkpoint,
+               generation_config=generation_defaults(trainer.accelerator.unwrap_model(model).config,
+                                                     gen_length=training_args.gen_length))
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return trainer
+
+
+def _load_data(data_args: DataArguments, training_args: Any, text_only: bool) -> DatasetDict:
+    """The validated message rows (``text_only``: a model that reads no images refuses rows with images); without
+    a test split nothing is evaluated (eval_strategy becomes no)."""
+    test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
+    dataset = load_sft_dataset(data_args.dataset_args, seed=training_args.seed, test_size=test_size,
+                               skip_invalid=data_args.skip_invalid_rows, text_only=text_only)
+    if "test" not in dataset and training_args.eval_strategy != "no":  # a str enum
+        training_args.eval_strategy = type(training_args.eval_strategy)("no")
+        training_args.do_eval = False
+    return dataset
+
+
+def _prepare_rows(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments) -> DatasetDict:
+    """Text rows tokenised once (``--tokenize_once``) and packed (``--packing``)."""
+    if data_args.tokenize_once or data_args.packing:
+        dataset = tokenize_dataset(dataset, tokenizer, data_args.mask_prompt_loss, data_args.preprocessing_num_workers)
+    if data_args.packing:
+        dataset = DatasetDict({split: pack_dataset(rows, data_args.max_seq_length, name=split,
+                                                   num_proc=data_args.preprocessing_num_workers)
+                               for split, rows in dataset.items()})
+    return dataset
 
 
 def tokenize_dataset(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, mask_prompt_loss: bool = True,
@@ -108,34 +218,35 @@ def tokenize_dataset(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, m
                         for split, rows in dataset.items()})
 
 
-def _dtype(name: str) -> str | torch.dtype:
-    return name if name == "auto" else getattr(torch, name)
-
-
 def build_model_and_tokenizer(
-    checkpoint: str, model_args: ModelArguments, family: str | None = None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the tokenizer and the bidirectional model; make sure a mask token exists (resizing if added).
+    checkpoint: str, model_args: ModelArguments, family: str | None = None, *, family_args: Any = None,
+    config: PretrainedConfig | None = None,
+) -> tuple[PreTrainedModel, Any]:
+    """Load the tokenizer (a vision-language family's processor) and the bidirectional model through the family's
+    hooks; make sure a mask token exists (resizing if added). ``config``: the checkpoint's, if already read.
 
     Raises:
         UsageError: no such checkpoint, checkpoint code without ``--trust_remote_code``, a tokenizer without a
             chat template, an unusable ``--mask_token``, corrupt weights (all before any training).
     """
-    load_config(checkpoint, model_args.trust_remote_code)  # names a missing checkpoint before the tokenizer does
-    tokenizer = load_tokenizer(checkpoint, model_args.trust_remote_code)
-    if tokenizer.chat_template is None:
+    config = config or load_config(checkpoint, model_args.trust_remote_code)  # names a missing checkpoint first
+    hooks = recipe_family(config)
+    processing = hooks.load_processing(checkpoint, model_args.trust_remote_code, config)
+    tokenizer = getattr(processing, "tokenizer", processing)  # a processor wraps its tokenizer
+    if processing.chat_template is None:
         raise UsageError(f"{checkpoint}: the tokenizer has no chat template, which SFT renders every conversation "
                          "with; start from an instruct/chat checkpoint or save a chat_template with the tokenizer")
     check_mask_token(checkpoint, tokenizer, model_args.mask_token)
-    kwargs = {"dtype": _dtype(model_args.dtype), "trust_remote_code": model_args.trust_remote_code}
+    kwargs = {"dtype": torch_dtype(model_args.dtype), "trust_remote_code": model_args.trust_remote_code,
+              "config": config}
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
-    model = AutoModelForMaskedDiffusion.from_pretrained(checkpoint, **kwargs)
+    model = hooks.build_model(checkpoint, kwargs, family_args)
     if family is not None and model.config.model_type != FAMILIES[family].model_type:
         logger.warning("%s has model_type %r, not %s's %r: training it as %s", checkpoint,
                        model.config.model_type, family, FAMILIES[family].model_type, type(model).__name__)
     add_mask_token(model, tokenizer, model_args.mask_token)
-    return model, tokenizer
+    return model, processing
 
 
 def check_mask_token(checkpoint: str, tokenizer: PreTrainedTokenizerBase, mask_token: str) -> None:
@@ -146,18 +257,26 @@ def check_mask_token(checkpoint: str, tokenizer: PreTrainedTokenizerBase, mask_t
     that text to the model. Reserved special tokens (added tokens, e.g. LLaMA 3's reserved ones) may be reused.
 
     Raises:
-        UsageError: an empty ``mask_token``, or one that is an ordinary vocabulary token.
+        UsageError: an empty ``mask_token``, one that is an ordinary vocabulary token, or plain words (``hello``),
+            which the added special token would capture wherever the text holds them.
     """
     if tokenizer.mask_token_id is not None:
         return
     if not mask_token.strip():
         raise UsageError(f"--mask_token must be a non-empty string (default {DEFAULT_MASK_TOKEN!r}), "
                          f"got {mask_token!r}")
+    if mask_token in tokenizer.added_tokens_encoder:  # a reserved special token: never produced by plain text
+        return
     token_id = tokenizer.get_vocab().get(mask_token)
-    if token_id is not None and mask_token not in tokenizer.added_tokens_encoder:
+    if token_id is not None:
         raise UsageError(f"{checkpoint}: --mask_token {mask_token!r} is already ordinary token {token_id} of the "
                          "tokenizer, so masked positions could not be told from that text; choose a string that is "
                          f"not in the vocabulary (default {DEFAULT_MASK_TOKEN!r}) or a reserved special token")
+    if re.fullmatch(r"[\w\s'.,!?-]+", mask_token):
+        # Added as a special token, plain text would become it: every "hello" in the data would be a mask.
+        raise UsageError(f"{checkpoint}: --mask_token {mask_token!r} is ordinary text, which the tokenizer would then "
+                         "encode as the mask token wherever the data contains it; use markup that text does not hold "
+                         f"(default {DEFAULT_MASK_TOKEN!r}) or a reserved special token")
 
 
 def check_target_modules(model: PreTrainedModel, target_modules: list[str]) -> None:
@@ -175,7 +294,8 @@ def check_target_modules(model: PreTrainedModel, target_modules: list[str]) -> N
                          f"its linear layers are: {' '.join(linear)}")
 
 
-def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_checkpointing: bool) -> PreTrainedModel:
+def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_checkpointing: bool,
+               vocab_size: int | None = None) -> PreTrainedModel:
     """Wrap ``model`` in LoRA adapters on ``target_modules`` (peft is imported only here).
 
     When the embeddings were resized for the mask token, the saved adapter holds them (the mask token's row,
@@ -188,7 +308,7 @@ def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_chec
                         target_modules=list(model_args.target_modules), bias="none")
     if gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input under LoRA
-    resized = _embeddings_resized(model, model_args.trust_remote_code)
+    resized = _embeddings_resized(model, model_args.trust_remote_code, vocab_size)
     model = get_peft_model(model, config)
     if resized:  # Trainer.save_model calls save_pretrained without this argument
         model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=True)
@@ -196,12 +316,14 @@ def apply_lora(model: PreTrainedModel, model_args: ModelArguments, gradient_chec
     return model
 
 
-def _embeddings_resized(model: PreTrainedModel, trust_remote_code: bool) -> bool:
-    """Whether ``model`` has other input-embedding rows than the checkpoint it was loaded from."""
-    if not model.name_or_path:  # built from a config: nothing to compare with
-        return False
-    saved = text_config(load_config(model.name_or_path, trust_remote_code)).vocab_size
-    return model.get_input_embeddings().weight.shape[0] != saved
+def _embeddings_resized(model: PreTrainedModel, trust_remote_code: bool, vocab_size: int | None = None) -> bool:
+    """Whether ``model`` has other input-embedding rows than the checkpoint it was loaded from (``vocab_size``: the
+    checkpoint's, when the caller has its config; else it is read)."""
+    if vocab_size is None:
+        if not model.name_or_path:  # built from a config: nothing to compare with
+            return False
+        vocab_size = text_config(load_config(model.name_or_path, trust_remote_code)).vocab_size
+    return model.get_input_embeddings().weight.shape[0] != vocab_size
 
 
 def save_final(trainer: MDLMTrainer, tokenizer: PreTrainedTokenizerBase, output_dir: str, lora: bool,
@@ -243,57 +365,5 @@ def merge_command(base: str, output_dir: str) -> str:
     return f"dllm merge-lora {shlex.quote(base)} {shlex.quote(adapter)} {shlex.quote(output_dir)} --overwrite True"
 
 
-def main(family: str | None = None, argv: list[str] | None = None) -> MDLMTrainer:
-    """Run masked-diffusion SFT with command-line ``argv``; ``family`` ("llama3", "gemma2") supplies the default
-    checkpoint, and the checkpoint's ``model_type`` picks the model class."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    own_recipe = family_recipe(family, argv)
-    if own_recipe is not None:  # a family with its own recipe (Qwen3-VL) takes the whole command line
-        return own_recipe(argv)
-    model_args, data_args, training_args = parse_args(argv)
-    checkpoint = resolve_checkpoint(family, model_args)
-    load_config(checkpoint, model_args.trust_remote_code)  # a missing or untrusted checkpoint fails first
-
-    # 1. Data first, so a bad spec, file or row stops the run before any weights load: validated message rows,
-    #    tokenised on the fly by the collator.
-    test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
-    dataset = load_sft_dataset(data_args.dataset_args, seed=training_args.seed, test_size=test_size,
-                               skip_invalid=data_args.skip_invalid_rows)
-
-    # 2. Model and tokenizer (bidirectional, with a mask token). Seeded first: a new mask-token row is random.
-    set_seed(training_args.seed)
-    model, tokenizer = build_model_and_tokenizer(checkpoint, model_args, family)
-    if model_args.lora:
-        model = apply_lora(model, model_args, training_args.gradient_checkpointing)
-    collator = SFTDataCollator(tokenizer, max_seq_length=data_args.max_seq_length,
-                               mask_prompt_loss=data_args.mask_prompt_loss,
-                               train_on_eos_padding=data_args.train_on_eos_padding)
-    if data_args.tokenize_once or data_args.packing:
-        dataset = tokenize_dataset(dataset, tokenizer, data_args.mask_prompt_loss,
-                                   data_args.preprocessing_num_workers)
-    if data_args.packing:
-        dataset = DatasetDict({split: pack_dataset(rows, data_args.max_seq_length, name=split,
-                                                   num_proc=data_args.preprocessing_num_workers)
-                               for split, rows in dataset.items()})
-
-    # 3. Train.
-    trainer = MDLMTrainer(model=model, args=training_args, train_dataset=dataset["train"],
-                          eval_dataset=dataset.get("test"), data_collator=collator, processing_class=tokenizer)
-    trainer.train()
-    if collator.num_dropped:
-        logger.warning("%d rows were dropped: no answer token fits in max_seq_length=%d",
-                       collator.num_dropped, data_args.max_seq_length)
-
-    # 4. Save a loadable checkpoint with its tokenizer and sampler defaults. Then every process waits for the
-    #    save and the process group is torn down before the interpreter exits: a rank that exits with gloo threads
-    #    still running aborts ("terminate called without an active exception"), which failed 1 in ~10
-    #    two-process runs.
-    save_final(trainer, tokenizer, training_args.output_dir, model_args.lora, base=checkpoint,
-               generation_config=DiffusionGenerationConfig(gen_length=training_args.gen_length))
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
-    return trainer
-
-
 if __name__ == "__main__":
-    main(None, sys.argv[1:])
+    run(None, sys.argv[1:])

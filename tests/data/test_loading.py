@@ -494,6 +494,7 @@ def test_mixing_sources_with_different_columns_is_an_error(tmp_path) -> None:
     with_image = [{"messages": [{**r["messages"][0], "content": "<image>" + r["messages"][0]["content"]},
                                 *r["messages"][1:]], "images": ["x.jpg"]} for r in chat_rows(3)]
     b = write_jsonl(tmp_path / "b.jsonl", with_image)
+    (tmp_path / "x.jpg").touch()  # the image exists: loading checks that much, not its pixels
     with pytest.raises(ValueError, match="cannot mix sources with different columns"):
         load_sft_dataset(f"{a}+{b}")
 

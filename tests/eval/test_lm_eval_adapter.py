@@ -154,6 +154,31 @@ def test_python_m_adapter_runs_lm_evals_command_line(checkpoint, tmp_path):
     assert written and "dllm_tiny_mc" in json.loads(written[0].read_text())["results"]
 
 
+def test_the_dllm_lm_eval_verb_runs_lm_evals_command_line_with_the_model_by_default(checkpoint, tmp_path, offline,
+                                                                                     capsys):
+    from dllm.cli import main as cli_main
+
+    tasks = write_tasks(tmp_path)
+    code = cli_main(["lm-eval", "--model_args", f"pretrained={checkpoint},num_samples=2,steps=2", "--device", "cpu",
+                     "--tasks", "dllm_tiny_mc,dllm_tiny_gen", "--include_path", str(tasks), "--limit", "2",
+                     "--output_path", str(tmp_path / "out")])
+    assert code == 0
+    written = list((tmp_path / "out").rglob("results_*.json"))
+    results = json.loads(written[0].read_text())
+    assert {"dllm_tiny_mc", "dllm_tiny_gen"} <= set(results["results"])
+    assert results["config"]["model"] == "dllm" and results["config"]["model_args"]["steps"] == 2
+
+
+def test_simple_evaluate_takes_the_model_object(checkpoint, tmp_path, offline):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    model = DiffusionLM(pretrained=str(checkpoint), device="cpu", batch_size=4, num_samples=2, gen_length=4)
+    results = lm_eval.simple_evaluate(model=model, tasks=["dllm_tiny_gen"], limit=2,
+                                      task_manager=TaskManager(include_path=str(write_tasks(tmp_path))))
+    assert 0 <= results["results"]["dllm_tiny_gen"]["exact_match,none"] <= 1
+
+
 def test_the_declared_entry_point_resolves_to_the_registered_model():
     """``pyproject.toml`` declares the plugin entry point later lm-eval versions discover; lm-eval's registry
     resolves such an entry point to the class, and its value is the name the decorator registers (the

@@ -104,9 +104,13 @@ class BidirectionalMaskedLMMixin:
             if getattr(self.config, "vision_config", None) is not None:
                 raise ValueError(f"{type(self).__name__}: packing (document_ids) is for text models; multimodal "
                                  "rows keep one conversation each")
-            if is_flash_attention(self.config):
+            if is_flash_attention(self.config) and block_diffusion_size(self.config) is None:
                 return self._flash_packed_forward(input_ids, labels, logits_mask, kwargs)
-            attention_mask = document_attention_mask(self.config, document_ids, self.dtype)
+            if block_diffusion_size(self.config) is None:
+                attention_mask = document_attention_mask(self.config, document_ids, self.dtype)
+        if block_diffusion_size(self.config) is not None and (attention_mask is None or (
+                isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2)):
+            attention_mask = self._block_causal_mask(input_ids, attention_mask, document_ids, kwargs)
         if logits_mask is None or not _head_is_plain(type(self)):
             outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             logits = outputs.logits  # [B, L, V]
@@ -128,6 +132,27 @@ class BidirectionalMaskedLMMixin:
             if labels is not None:
                 labels = labels.to(logits_mask.device)[logits_mask]  # [N]
         return _masked_lm_output(logits, labels, outputs)
+
+    def _block_causal_mask(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+                           document_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor | dict | Any:
+        """The block-causal mask of a block-diffusion model's forward over the cached keys and ``input_ids``.
+
+        Key positions (hence blocks) come from the ``position_ids`` of a forward without cache, else from the 2D
+        ``attention_mask`` over cache and input (``cumsum - 1``: left padding skipped, keys in sequence order, as
+        the sampler keeps them), else they count from 0.
+        """
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        past = cache.get_seq_length() if cache is not None else 0
+        reference = input_ids if input_ids is not None else kwargs["inputs_embeds"]
+        batch, q_length = reference.shape[:2]
+        positions = kwargs.get("position_ids")
+        if positions is None or positions.dim() != 2 or past > 0:
+            if attention_mask is not None:
+                positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp_min(0)  # [B, past + Q]
+            else:
+                positions = torch.arange(past + q_length, device=reference.device).expand(batch, -1)
+        return block_diffusion_attention_mask(self.config, positions.to(reference.device), self.dtype,
+                                              q_length=q_length, documents=document_ids, padding=attention_mask)
 
     def _flash_packed_forward(self, input_ids, labels, logits_mask, kwargs) -> MaskedLMOutput:
         """Packed rows through flash-attention's variable-length kernel: transformers finds the documents from
@@ -174,31 +199,175 @@ def document_attention_mask(config: PretrainedConfig, document_ids: torch.Tensor
     Qwen3 take), or on every layer when the config has a window and no layer types (Mistral). Documents are
     contiguous, so index distance within a row is position distance within a document.
     """
-    from transformers.masking_utils import (
-        ALL_MASK_ATTENTION_FUNCTIONS,
-        and_masks,
-        packed_sequence_mask_function,
-        sliding_window_bidirectional_overlay,
-    )
+    from transformers.masking_utils import packed_sequence_mask_function, sliding_window_bidirectional_overlay
 
     batch, length = document_ids.shape
+    return _build_masks(config, packed_sequence_mask_function(document_ids), sliding_window_bidirectional_overlay,
+                        batch=batch, q_length=length, kv_length=length, dtype=dtype, device=document_ids.device)
+
+
+def _build_masks(config: PretrainedConfig, rule: Callable, window_overlay: Callable[[int], Callable], *, batch: int,
+                 q_length: int, kv_length: int, dtype: torch.dtype, device: torch.device,
+                 always: Callable | None = None) -> torch.Tensor | dict[str, torch.Tensor] | Any:
+    """``rule`` built by transformers' builder for the configured attention, with ``window_overlay(window)`` added
+    on sliding layers (per layer type, or on every layer of a windowed config without layer types), and
+    ``always`` (or-ed last) exempt from the window. Queries are the last ``q_length`` of the ``kv_length`` keys."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, or_masks
+
     build = ALL_MASK_ATTENTION_FUNCTIONS[config._attn_implementation]
-    same_document = packed_sequence_mask_function(document_ids)
 
     def materialise(function: Callable) -> torch.Tensor | Any:
-        return build(batch_size=batch, q_length=length, kv_length=length, mask_function=function,
-                     attention_mask=None, allow_is_causal_skip=False, allow_is_bidirectional_skip=False,
-                     dtype=dtype, config=config, use_vmap=False, device=document_ids.device)
+        function = function if always is None else or_masks(function, always)
+        return build(batch_size=batch, q_length=q_length, kv_length=kv_length, q_offset=kv_length - q_length,
+                     kv_offset=0, mask_function=function, attention_mask=None, allow_is_causal_skip=False,
+                     allow_is_bidirectional_skip=False, dtype=dtype, config=config, use_vmap=False, device=device)
 
     text = text_config(config)
     window = getattr(text, "sliding_window", None)
     layer_types = set(getattr(text, "layer_types", None) or ())
     if window is not None and "sliding_attention" in layer_types:
-        sliding = and_masks(same_document, sliding_window_bidirectional_overlay(window))
-        return {"full_attention": materialise(same_document), "sliding_attention": materialise(sliding)}
+        return {"full_attention": materialise(rule),
+                "sliding_attention": materialise(and_masks(rule, window_overlay(window)))}
     if window is not None and not layer_types:
-        return materialise(and_masks(same_document, sliding_window_bidirectional_overlay(window)))
-    return materialise(same_document)
+        return materialise(and_masks(rule, window_overlay(window)))
+    return materialise(rule)
+
+
+# ---- block diffusion (BD3-LMs, arXiv 2503.09573) ------------------------------------------------------------------
+BLOCK_DIFFUSION = "bd3lm"
+# Keys of config.json (on the text config) that make a checkpoint block-diffusion: every forward then builds the
+# block-causal mask, and the sampler decodes block after block with an exact cache.
+OBJECTIVE_KEY, BLOCK_SIZE_KEY = "dllm_objective", "dllm_block_size"
+
+
+def set_block_diffusion(config: PretrainedConfig, block_size: int) -> PretrainedConfig:
+    """Record in the config (saved in ``config.json``) that the model is a block-diffusion LM with blocks of
+    ``block_size`` positions: ``dllm_objective = "bd3lm"``, ``dllm_block_size = block_size``."""
+    if not (isinstance(block_size, int) and block_size >= 1):
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    for target in {id(config): config, id(text_config(config)): text_config(config)}.values():
+        setattr(target, OBJECTIVE_KEY, BLOCK_DIFFUSION)
+        setattr(target, BLOCK_SIZE_KEY, block_size)
+    return config
+
+
+def block_diffusion_size(config: PretrainedConfig | None) -> int | None:
+    """The block size of a block-diffusion model's config, ``None`` for a (whole-answer) MDLM one."""
+    text = None if config is None else text_config(config)
+    if getattr(text, OBJECTIVE_KEY, None) != BLOCK_DIFFUSION:
+        return None
+    return int(getattr(text, BLOCK_SIZE_KEY))
+
+
+def block_causal_rule(blocks: torch.Tensor, clean: torch.Tensor | None = None) -> Callable:
+    """Mask function of block diffusion over per-position block ids ``blocks`` ``[B, K]``.
+
+    Without ``clean``: one sequence, block-causal: a query sees its own block (both directions) and every earlier
+    block. With ``clean`` (bool ``[B, K]``) the rows hold the noisy and the clean copy side by side, ``x_t ⊕ x_0``
+    (BD3-LMs Sec. 3.3, ``M_BD | M_OBC | M_BC``): a noisy query of block ``k`` sees its own noisy block and the clean
+    blocks ``< k``; a clean query of block ``k`` sees the clean blocks ``<= k``; nothing sees a noisy block of
+    another block, nothing clean sees a noisy token.
+    """
+    def visible(batch_idx: torch.Tensor, head_idx: torch.Tensor, q_idx: torch.Tensor,
+                kv_idx: torch.Tensor) -> torch.Tensor:
+        q_block, kv_block = blocks[batch_idx, q_idx], blocks[batch_idx, kv_idx]
+        if clean is None:
+            return kv_block <= q_block
+        q_clean, kv_clean = clean[batch_idx, q_idx], clean[batch_idx, kv_idx]
+        same_block = (q_block == kv_block) & (q_clean == kv_clean)
+        return same_block | (kv_clean & (kv_block < q_block))
+
+    return visible
+
+
+def block_diffusion_attention_mask(config: PretrainedConfig, positions: torch.Tensor, dtype: torch.dtype, *,
+                                   q_length: int | None = None, clean: torch.Tensor | None = None,
+                                   documents: torch.Tensor | None = None,
+                                   padding: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor] | Any:
+    """The block-diffusion attention mask over ``K`` keys whose queries are the last ``q_length`` (default ``K``).
+
+    Per key ``[B, K]``: ``positions`` (block of a position = ``position // block_size``, so blocks are aligned to
+    each sequence's, or packed document's, start, as in BD3-LMs and SDAR), optionally ``clean`` (the ``x_t ⊕ x_0``
+    training layout, see :func:`block_causal_rule`), ``documents`` (packed rows: nothing crosses a document) and
+    ``padding`` (bool, True on real tokens: padding is seen by no query). Every query also sees itself, so a padding
+    query is never left with nothing to attend to (SDPA would give NaN). Sliding-window layers add
+    ``|position_q - position_kv| <= window``: distance in positions, since the two copies repeat them.
+
+    Built by transformers' builder for the configured attention (eager, SDPA, flex), like
+    :func:`document_attention_mask`. Flash-attention takes no mask of this shape: refused.
+    """
+    from transformers.masking_utils import (
+        and_masks,
+        packed_sequence_mask_function,
+        padding_mask_function,
+        remap_positions_for_packed_sequence,
+        sliding_window_bidirectional_overlay,
+    )
+
+    if is_flash_attention(config):
+        raise ValueError(f"block diffusion needs a block-causal attention mask, which {config._attn_implementation} "
+                         "does not take: load the model with attn_implementation 'sdpa', 'eager' or 'flex_attention'")
+    block_size = block_diffusion_size(config)
+    if block_size is None:
+        raise ValueError("the model's config is not block-diffusion: call set_block_diffusion(config, block_size)")
+    batch, kv_length = positions.shape
+    rules = [block_causal_rule(positions // block_size, clean)]
+    if documents is not None:
+        rules.append(packed_sequence_mask_function(documents))
+    if padding is not None:
+        rules.append(padding_mask_function(padding.bool()))
+
+    def window(size: int) -> Callable:
+        return remap_positions_for_packed_sequence(sliding_window_bidirectional_overlay(size), positions)
+
+    return _build_masks(config, and_masks(*rules), window, batch=batch, q_length=q_length or kv_length,
+                        kv_length=kv_length, dtype=dtype, device=positions.device,
+                        always=lambda batch_idx, head_idx, q_idx, kv_idx: q_idx == kv_idx)
+
+
+def block_diffusion_forward(model: torch.nn.Module, base: PreTrainedModel, noisy_ids: torch.Tensor,
+                            clean_ids: torch.Tensor, inputs: dict[str, Any],
+                            masked: torch.Tensor | None = None) -> MaskedLMOutput:
+    """The block-diffusion denoiser's forward: the noisy ``x_t`` and the clean ``x_0`` (both [B, L]) side by side
+    in one pass, ``x_t ⊕ x_0``, with the mask of :func:`block_causal_rule`; logits of the noisy copy only.
+
+    ``model`` is what is called (it may be wrapped: PEFT, DDP); ``base`` is the unwrapped model, whose config
+    (block size, attention kernel) and dtype build the mask. ``inputs`` holds the other model inputs
+    (``attention_mask``, ``position_ids``, ``document_ids`` of packed rows, ...); the clean copy repeats the noisy
+    copy's positions. With ``masked`` [B, L] the output head runs on the noisy copy's masked positions alone
+    (``logits`` [N, V] in the row-major order of ``masked``), and the noisy copy starts at the first block holding a
+    masked position (:func:`first_noisy_column`): an earlier block's noisy copy would be read by nothing (no loss,
+    and no query sees another block's noisy tokens). Without it, ``logits`` is [B, L, V].
+    """
+    inputs = dict(inputs)
+    documents = inputs.pop("document_ids", None)  # [B, L] packed rows
+    attention = inputs.pop("attention_mask", None)  # [B, L] padding
+    positions = inputs.pop("position_ids", None)  # [B, L] packed rows restart them per document
+    if positions is None:
+        positions = torch.arange(noisy_ids.shape[1], device=noisy_ids.device).expand_as(noisy_ids) \
+            if attention is None else (attention.long().cumsum(dim=-1) - 1).clamp_min(0)  # [B, L]
+    start = 0 if masked is None else first_noisy_column(masked, positions, block_diffusion_size(base.config))
+    both = lambda x: None if x is None else torch.cat([x[:, start:], x], dim=1)  # noqa: E731  [B, L' + L]
+    clean = torch.cat([torch.zeros_like(noisy_ids[:, start:], dtype=torch.bool),
+                       torch.ones_like(noisy_ids, dtype=torch.bool)], dim=1)  # [B, L' + L], True on x_0
+    mask = block_diffusion_attention_mask(base.config, both(positions), base.dtype, clean=clean,
+                                          documents=both(documents), padding=both(attention))
+    if masked is not None:
+        inputs["logits_mask"] = torch.cat([masked[:, start:], torch.zeros_like(masked)], dim=1)  # [B, L' + L]
+    outputs = model(input_ids=torch.cat([noisy_ids[:, start:], clean_ids], dim=1), attention_mask=mask,
+                    position_ids=both(positions), **inputs)
+    if masked is None:
+        outputs.logits = outputs.logits[:, : noisy_ids.shape[1]]  # [B, L, V]
+    return outputs
+
+
+def first_noisy_column(masked: torch.Tensor, positions: torch.Tensor, block_size: int) -> int:
+    """The first column of the earliest block, over the rows of ``masked`` [B, L], that holds a masked position
+    (blocks of ``positions // block_size``); 0 when nothing is masked. One host sync."""
+    has = masked.any(dim=1)  # [B]
+    first = masked.long().argmax(dim=1)  # [B]: the first masked column (argmax returns the first maximum)
+    opens = first - positions.gather(1, first[:, None]).squeeze(1) % block_size  # [B]: where its block begins
+    return int(torch.where(has, opens, masked.shape[1]).min()) if bool(has.any()) else 0
 
 
 _MASKED_LM_CLASSES: dict[type, type] = {}

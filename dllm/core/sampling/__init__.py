@@ -15,12 +15,14 @@ from dllm.core.sampling.config import CACHE_MODES, GENERATION_CONFIG_NAME, REMAS
 from dllm.core.sampling.decisions import confidence, filter_logits, guide, sample_tokens, select_commits
 from dllm.core.sampling.forward import BlockForward, GuidedForward, model_logits, position_ids
 from dllm.core.sampling.loop import (
+    BlockLayout,
     GenerationOutput,
     StepRecord,
     denoise,
     denoise_step,
     finish_at_eos,
     generate,
+    generation_defaults,
     infill,
     mask_spans,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "GENERATION_CONFIG_NAME",
     "REMASKING",
     "BlockForward",
+    "BlockLayout",
     "DiffusionGenerationConfig",
     "GenerationOutput",
     "GuidedForward",
@@ -60,6 +63,7 @@ __all__ = [
     "generate",
     "generate_text",
     "generate_text_output",
+    "generation_defaults",
     "guide",
     "infill",
     "infill_text",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 REMASKING: tuple[str, ...] = ("low_confidence", "random", "margin", "entropy")
-CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual")
+CACHE_MODES: tuple[str, ...] = ("none", "prefix", "dual", "block")
 # The field types, built from the tuples so that a value added there is accepted everywhere (flags, requests).
 Remasking = Literal[REMASKING]  # type: ignore[valid-type]
 CacheMode = Literal[CACHE_MODES]  # type: ignore[valid-type]
@@ -81,7 +81,8 @@ class DiffusionGenerationConfig:
         "input has the prompt replaced by mask tokens. 0 is off; above 0 doubles the forward passes."))
     cache: CacheMode = _option("none", (
         "Key/value caching (Fast-dLLM): none is exact; prefix and dual are approximations for a bidirectional "
-        "model, see dllm.core.sampling.forward for when they are exact."))
+        "model, see dllm.core.sampling.forward for when they are exact; block: a block-diffusion model's exact "
+        "cache (finished blocks are cached once, each step feeds the current block only)."))
     mask_token_id: int | None = _option(None, (
         "Defaults to the tokenizer's mask token in the text helpers; required by generate and infill."), "token_id")
     eos_token_id: int | None = _option(None, (

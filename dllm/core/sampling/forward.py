@@ -42,6 +42,19 @@ them (:func:`split_model_kwargs`):
   [B, T] would be sliced, so a model with one cannot use this convention.
 
 The guidance (``cfg_scale``) pass masks the prompt; it gets the positions alone (:class:`GuidedForward`).
+
+Block diffusion. A block-diffusion model (``config.dllm_objective == "bd3lm"``, trained by
+:class:`~dllm.core.trainers.BD3LMTrainer`) builds its block-causal mask in every forward: a block sees itself and
+the blocks before it, never a later one. Its cache is therefore exact:
+
+- ``block``: the keys/values of the prompt and of every finished block are kept across blocks in one
+  :class:`transformers.DynamicCache`. A step feeds the current block only; the first step of a block also feeds what
+  was committed since the cache was filled (the prompt, or the block just finished), which appends it, so committing
+  a block costs no forward of its own. After each step ``crop`` drops the current block again. Nothing after the
+  current block is fed, so the canvas past it is never read (the answer is open-ended up to ``gen_length``).
+- ``none`` on such a model is the reference: the whole sequence up to the current block, recomputed every step
+  (later columns would change nothing: no earlier block sees them). ``prefix`` is exact as well (its suffix is
+  invisible); ``dual`` reorders keys, which the model's mask (built from key positions) cannot follow: refused.
 """
 
 from __future__ import annotations
@@ -53,7 +66,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from dllm.core.models.masked_lm import text_config
+from dllm.core.models.masked_lm import block_diffusion_size, text_config
 from dllm.core.sampling.config import DiffusionGenerationConfig
 from dllm.core.sampling.decisions import guide
 
@@ -114,6 +127,19 @@ def check_sliding_window(model: torch.nn.Module, length: int) -> None:
                          "Use cache='prefix' or 'none'.")
 
 
+def check_cache_mode(model: torch.nn.Module, cache: str) -> None:
+    """Refuse ``block`` on a model that is not block-diffusion and ``dual`` on one that is (see the module
+    docstring)."""
+    block_diffusion = block_diffusion_size(getattr(model, "config", None)) is not None
+    if cache == "block" and not block_diffusion:
+        raise ValueError("cache='block' needs a block-diffusion model (config.json dllm_objective 'bd3lm', trained "
+                         "with dllm sft --objective bd3lm); this one attends over the whole answer: use 'none', "
+                         "'prefix' or 'dual'")
+    if cache == "dual" and block_diffusion:
+        raise ValueError("cache='dual' reorders the cached keys, which a block-diffusion model's mask cannot "
+                         "follow; use cache='block' (exact)")
+
+
 def split_model_kwargs(model_kwargs: dict[str, Any] | None,
                        canvas: torch.Size | tuple[int, int]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(per_position, prompt_level)``: the entries of ``model_kwargs`` that are tensors ending in the ``canvas``
@@ -132,16 +158,24 @@ class BlockForward:
     ``order`` lists the canvas columns in cache order: those kept in the cache, then those fed every step.
     ``positions`` [..., B, T] and the per-position ``model_kwargs`` are sliced along the last dimension to the fed
     columns; prompt-level ``model_kwargs`` go only to the calls that feed every column (see the module docstring).
+    With ``cache="block"`` the cache is carried over from the ``previous`` block's instance.
     """
 
     def __init__(self, model: torch.nn.Module, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 start: int, end: int, model_kwargs: dict[str, Any] | None = None):
+                 start: int, end: int, model_kwargs: dict[str, Any] | None = None,
+                 previous: BlockForward | None = None):
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
-        self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end]}[cache]
+        if block_diffusion_size(getattr(model, "config", None)) is not None:
+            columns = columns[:end]  # a block-causal model: later columns are never seen
+        self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end],
+                    "block": columns[start:end]}[cache]
         cached = torch.cat([columns[:start], columns[end:]]) if cache == "dual" else columns[:start]
         self.order = self.fed if cache == "none" else torch.cat([cached, self.fed])  # [T]
         self.model, self.attention_mask, self.positions = model, attention_mask, positions
         self.use_cache, self.cache, self.calls = cache != "none", None, 0
+        self.carried = cache == "block"
+        if self.carried:
+            self.cache = previous.cache if previous is not None else DynamicCache()
         self.per_position, self.prompt_level = split_model_kwargs(model_kwargs, attention_mask.shape)
 
     def __call__(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -150,6 +184,8 @@ class BlockForward:
         if first:  # block start: the whole canvas, in cache order, fills the cache
             self.cache = DynamicCache()
         columns = self.order if first else self.fed  # [Q]
+        if self.carried:  # what was committed since the cache was filled, then the block
+            columns = self.order[self.cache.get_seq_length():]  # [Q]
         where = torch.full_like(self.order, -1)
         where[columns] = torch.arange(len(columns), device=columns.device)  # canvas column -> input index
         kwargs = {name: value[..., columns] for name, value in self.per_position.items()}  # [..., B, Q]
@@ -174,11 +210,14 @@ class GuidedForward:
 
     def __init__(self, model: torch.nn.Module, config: DiffusionGenerationConfig, attention_mask: torch.Tensor,
                  positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor,
-                 model_kwargs: dict[str, Any] | None = None):
+                 model_kwargs: dict[str, Any] | None = None, previous: GuidedForward | None = None):
+        check_cache_mode(model, config.cache)
         if config.cache == "dual":
             check_sliding_window(model, attention_mask.shape[1])
-        self.cond = BlockForward(model, config.cache, attention_mask, positions, *block, model_kwargs)
-        self.uncond = BlockForward(model, config.cache, attention_mask, positions, *block) \
+        self.cond = BlockForward(model, config.cache, attention_mask, positions, *block, model_kwargs,
+                                 previous=None if previous is None else previous.cond)
+        self.uncond = BlockForward(model, config.cache, attention_mask, positions, *block,
+                                   previous=None if previous is None else previous.uncond) \
             if config.cfg_scale > 0 else None
         self.conditioning, self.config = conditioning, config
 

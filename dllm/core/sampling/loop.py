@@ -14,13 +14,14 @@ block occupies the same columns and a prompt's output at temperature 0 does not 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from dllm.core.models.masked_lm import block_diffusion_size
 from dllm.core.sampling.config import DiffusionGenerationConfig
 from dllm.core.sampling.decisions import confidence, sample_tokens, select_commits
 from dllm.core.sampling.forward import GuidedForward, position_ids
@@ -85,11 +86,15 @@ def denoise_step(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     return x, committed, scores
 
 
-def finish_at_eos(x: torch.Tensor, start: int, end: int,
-                  config: DiffusionGenerationConfig) -> tuple[torch.Tensor, bool]:
+def finish_at_eos(x: torch.Tensor, start: int, end: int, config: DiffusionGenerationConfig,
+                  given: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
     """After the blocks up to ``end`` are done: rows whose answer ``[start, end)`` holds EOS are finished and their
-    masked positions after ``end`` become EOS. Returns the canvas and whether every row is finished."""
-    finished = (x[:, start:end] == config.eos_token_id).any(dim=-1)  # [B]
+    masked positions after ``end`` become EOS. ``given`` [B, T] marks prompt tokens inside the blocks (a
+    block-diffusion canvas), whose EOS does not count. Returns the canvas and whether every row is finished."""
+    eos = x[:, start:end] == config.eos_token_id  # [B, end - start]
+    if given is not None:
+        eos &= ~given[:, start:end]
+    finished = eos.any(dim=-1)  # [B]
     rest = x[:, end:]  # [B, T - end]
     fill = finished[:, None] & (rest == config.mask_token_id)
     x[:, end:] = rest.masked_fill(fill, config.eos_token_id)
@@ -119,9 +124,10 @@ def denoise(model: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tenso
     budgets = steps_per_block(config.steps, [b - a for a, b in blocks])
     history, passes = [], 0
     bar = tqdm(total=sum(budgets), unit="step", leave=False, disable=not config.progress)
+    forward = None
     for index, (block, budget) in enumerate(zip(blocks, budgets)):
         forward, first = GuidedForward(model, config, attention_mask, positions, block, conditioning,
-                                       extra or None), len(history)
+                                       extra or None, previous=forward), len(history)
         for step in range(budget):
             if not (x[:, block[0]:block[1]] == config.mask_token_id).any():
                 break  # done early: the threshold, or an infilled block with fewer masks than steps
@@ -132,7 +138,7 @@ def denoise(model: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tenso
         passes += forward.calls
         done = False
         if stop_at_eos and config.eos_token_id is not None:
-            x, done = finish_at_eos(x, start, block[1], config)
+            x, done = finish_at_eos(x, start, block[1], config, conditioning)
         if on_block is not None:
             on_block(index, x, history[first:])
         if done:
@@ -172,6 +178,9 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, config: Diffusion
         raise ValueError(f"steps must be in [1, gen_length={config.gen_length}], got {config.steps}")
     if attention_mask is None:
         attention_mask = torch.ones_like(prompt_ids)
+    block = block_diffusion_size(getattr(model, "config", None))
+    if block is not None:
+        return _generate_blocks(model, prompt_ids, attention_mask, config, block, generator, on_block, model_kwargs)
     batch, prompt_len = prompt_ids.shape
     answer = torch.full((batch, config.gen_length), mask_id, dtype=prompt_ids.dtype, device=prompt_ids.device)
     x = torch.cat([prompt_ids, answer], dim=1)  # [B, P + G]
@@ -179,6 +188,89 @@ def generate(model: torch.nn.Module, prompt_ids: torch.Tensor, config: Diffusion
     conditioning = F.pad(attention_mask.bool(), (0, config.gen_length))  # [B, P + G], the real prompt
     return denoise(model, x, attention, config, prompt_len, conditioning, stop_at_eos=True, generator=generator,
                    on_block=on_block, model_kwargs=model_kwargs)
+
+
+@dataclass
+class BlockLayout:
+    """Where a left-padded batch of prompts sits on a block-diffusion canvas: every row's position 0 at a multiple
+    of the block size, so blocks (``position // block_size``, aligned to the sequence start as in training) share
+    their columns across rows.
+
+    Row ``r`` with ``P_r`` prompt tokens has ``floor(P_r / B)`` whole prompt blocks, which end at column ``start``
+    in every row (``offset[r]`` = its column of position 0, a multiple of ``B``); its remaining ``P_r mod B`` prompt
+    tokens open the first decoded block ``[start, start + B)``, followed by its ``gen_length`` answer positions.
+    Columns past a row's answer (in the last block) are padding.
+    """
+
+    start: int
+    offset: torch.Tensor  # [B]
+    lengths: torch.Tensor  # [B]
+    gen_length: int
+    width: int
+
+    @classmethod
+    def of(cls, attention_mask: torch.Tensor, block_size: int, gen_length: int) -> BlockLayout:
+        lengths = attention_mask.long().sum(dim=1)  # [B]
+        whole = lengths // block_size * block_size  # [B]
+        start = int(whole.max())
+        blocks = -(-(int((lengths - whole).max()) + gen_length) // block_size)
+        return cls(start, start - whole, lengths, gen_length, start + blocks * block_size)
+
+    def canvas(self, prompt_ids: torch.Tensor,
+               config: DiffusionGenerationConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x, attention_mask, given)`` [B, width]: prompts, answer masks and padding; ``given`` marks prompts."""
+        index = torch.arange(self.width, device=prompt_ids.device) - self.offset[:, None]  # [B, W] position
+        given = (index >= 0) & (index < self.lengths[:, None])
+        answer = (index >= self.lengths[:, None]) & (index < self.lengths[:, None] + self.gen_length)
+        source = (index + prompt_ids.shape[1] - self.lengths[:, None]).clamp(0, prompt_ids.shape[1] - 1)
+        x = torch.where(given, prompt_ids.gather(1, source), config.pad_token_id)
+        x = x.masked_fill(answer, config.mask_token_id)
+        return x, (given | answer).long(), given
+
+    def to_caller(self, prompt_part: torch.Tensor, canvas: torch.Tensor) -> torch.Tensor:
+        """``prompt_part`` [B, P] followed by each row's answer columns of ``canvas`` [B, width]: [B, P + G]."""
+        columns = (self.offset + self.lengths)[:, None] + torch.arange(self.gen_length, device=canvas.device)
+        return torch.cat([prompt_part.to(canvas.dtype), canvas.gather(1, columns)], dim=1)
+
+    def record(self, prompt_ids: torch.Tensor, step: StepRecord) -> StepRecord:
+        """A step's record in the caller's layout (prompt columns: not committed, no score)."""
+        nothing = torch.zeros(prompt_ids.shape, dtype=torch.bool)
+        return StepRecord(step.block, step.step, self.to_caller(nothing, step.committed.cpu()),
+                          self.to_caller(prompt_ids.cpu(), step.tokens.cpu()),
+                          self.to_caller(torch.full(prompt_ids.shape, float("nan")), step.confidence.cpu()))
+
+
+def _generate_blocks(model: torch.nn.Module, prompt_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     config: DiffusionGenerationConfig, block_size: int, generator: torch.Generator | None,
+                     on_block: BlockCallback | None, model_kwargs: dict[str, Any] | None) -> GenerationOutput:
+    """:func:`generate` for a block-diffusion model: blocks of the model's own size, aligned to each sequence's
+    start (:class:`BlockLayout`), decoded left to right until every row has EOS or ``gen_length`` answer tokens.
+    Returns the caller's layout, ``[B, P + G]`` (history and ``on_block`` canvases too). ``steps`` is spread over
+    the canvas's blocks, whose number depends on where the batch's prompts end inside a block; with ``steps=None``
+    (one token per step) or a threshold alone, a prompt's answer does not depend on its batch."""
+    if model_kwargs:
+        raise ValueError("block-diffusion decoding takes text prompts only (no model_kwargs)")
+    if config.block_size not in (None, block_size):
+        raise ValueError(f"block_size={config.block_size}, but the model is block-diffusion with blocks of "
+                         f"{block_size}: leave block_size unset or set it to {block_size}")
+    config = replace(config, block_size=block_size)
+    layout = BlockLayout.of(attention_mask, block_size, config.gen_length)
+    x, attention, given = layout.canvas(prompt_ids, config)
+    caller = None if on_block is None else lambda index, canvas, steps: on_block(
+        index, layout.to_caller(prompt_ids, canvas), [layout.record(prompt_ids, step) for step in steps])
+    out = denoise(model, x, attention, config, layout.start, given, stop_at_eos=True, generator=generator,
+                  on_block=caller)
+    history = None if out.history is None else [layout.record(prompt_ids, step) for step in out.history]
+    return GenerationOutput(layout.to_caller(prompt_ids, out.sequences), out.forward_passes, history)
+
+
+def generation_defaults(model_config: Any, **values: Any) -> DiffusionGenerationConfig:
+    """The sampler settings a checkpoint saves with ``model_config``: ``values``, plus ``cache="block"`` and the
+    model's ``block_size`` for a block-diffusion model (its exact cache; blocks must be the trained ones)."""
+    block = block_diffusion_size(model_config)
+    if block is not None:
+        values = {"cache": "block", "block_size": block, **values}
+    return DiffusionGenerationConfig(**values)
 
 
 def mask_spans(input_ids: torch.Tensor, spans: Spans | list[Spans], mask_token_id: int,
@@ -210,6 +302,9 @@ def infill(model: torch.nn.Module, input_ids: torch.Tensor, config: DiffusionGen
     spread over the blocks and is an upper bound (rows with fewer masked positions finish earlier).
     """
     mask_id = _mask_token_id(config)
+    if block_diffusion_size(getattr(model, "config", None)) is not None:
+        raise ValueError("infilling needs a model that sees both sides of a gap; a block-diffusion model sees only "
+                         "earlier blocks: use generate")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if spans is not None:

@@ -25,7 +25,7 @@ from dllm.core.diffusion import (
     sample_document_t,
     sample_t,
 )
-from dllm.core.models.masked_lm import check_mask_token_id, text_config
+from dllm.core.models.masked_lm import block_diffusion_size, check_mask_token_id, text_config
 from dllm.core.schedules import SCHEDULES, describe_schedules, make_schedule
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class MDLMTrainer(Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.schedule = make_schedule(args.schedule, args.schedule_power)
         self.mask_token_id = self._resolve_mask_token_id(mask_token_id)
+        self._check_objective()
         # Per mode: the sum over micro-batches of each diffusion metric, kept on the device, and how many were
         # added. log() reads them (one host sync per log, not per step).
         self._metric_sums: dict[str, dict[str, torch.Tensor]] = {"train": {}, "eval": {}}
@@ -197,12 +198,11 @@ class MDLMTrainer(Trainer):
         noisy_ids, masked = mask_tokens(input_ids, labels, mask_prob, self.mask_token_id,
                                         uniforms=uniforms)  # [B, L], [B, L]
 
-        # 3. Denoise x_t in one bidirectional pass. Only masked positions enter the loss, so the output head runs
-        #    there alone (logits_mask): the logits are [N, V], not [B, L, V] (N = masked tokens). An evaluation that
-        #    returns predictions (prediction_loss_only=False) keeps the full [B, L, V] logits Trainer gathers.
-        if training or args.prediction_loss_only:
-            inputs["logits_mask"] = masked  # [B, L]
-        outputs = model(input_ids=noisy_ids, **inputs)
+        # 3. Denoise x_t (the objective's own forward, see _denoise). Only masked positions enter the loss, so the
+        #    output head runs there alone: the logits are [N, V], not [B, L, V] (N = masked tokens). An evaluation
+        #    that returns predictions (prediction_loss_only=False) keeps the full [B, L, V] logits Trainer gathers.
+        outputs = self._denoise(model, input_ids, noisy_ids, masked, inputs,
+                                select=training or args.prediction_loss_only)
 
         # 4. ELBO-weighted cross-entropy on masked positions. Training normalises over the accumulation
         #    window (num_items_in_batch); evaluation always reports the per-token ELBO of its own batch.
@@ -217,6 +217,16 @@ class MDLMTrainer(Trainer):
 
         self._record_metrics(training, masked, labels)
         return (loss, outputs) if return_outputs else loss
+
+    def _denoise(self, model: torch.nn.Module, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
+                 masked: torch.Tensor, inputs: dict[str, Any], *, select: bool) -> Any:
+        """Step 3 of :meth:`compute_loss`, the one an objective overrides: the model's predictions of the clean
+        tokens from ``noisy_ids`` [B, L], ``outputs.logits`` [N, V] at the ``masked`` positions [B, L] when
+        ``select``, else [B, L, V]. ``input_ids`` (the clean tokens) are unused by MDLM's single bidirectional pass;
+        ``inputs`` are the other model inputs (``attention_mask``, ``document_ids``, ...)."""
+        if select:
+            inputs["logits_mask"] = masked  # [B, L]
+        return model(input_ids=noisy_ids, **inputs)
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """Normaliser of the loss over a gradient-accumulation window (and all processes).
@@ -292,6 +302,16 @@ class MDLMTrainer(Trainer):
         if generator is None:
             generator = self._noise_generators[device] = torch.Generator(device=device)
         return generator.manual_seed(noise_seed(*key))
+
+    # The objective this trainer optimises; a model already marked block-diffusion needs BD3LMTrainer.
+    objective = "mdlm"
+
+    def _check_objective(self) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        if self.objective == "mdlm" and block_diffusion_size(base.config) is not None:
+            raise ValueError("the model is block-diffusion (config.json dllm_objective 'bd3lm'), so its forward is "
+                             "block-causal: train it with BD3LMTrainer (dllm sft --objective bd3lm)")
 
     def _resolve_mask_token_id(self, explicit: int | None) -> int:
         candidates = [explicit]

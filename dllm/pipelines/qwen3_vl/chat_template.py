@@ -1,5 +1,6 @@
 """Qwen's special tokens and Qwen3-VL's chat template reduced to what SFT and sampling need, for the offline
-tokenizers built in-process (the tiny Qwen3-VL of the tests, the visual demo); a hub checkpoint brings its own."""
+tokenizers built in-process (:mod:`dllm.pipelines.qwen3_vl.testing`: the tiny Qwen3-VL of the tests and of the visual
+demo); a hub checkpoint brings its own."""
 
 from __future__ import annotations
 

@@ -1,0 +1,32 @@
+"""`dllm demo-rl` at a tiny size: the short SFT, every method, the table, the curve and the headline line, and
+the SFT checkpoint reused by a second run with the same settings."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dllm.cli import main as cli_main
+from dllm.demo.rl import main
+
+TINY = ["--hidden_size", "16", "--num_hidden_layers", "1", "--intermediate_size", "32", "--num_eval_per_task", "4",
+        "--sft_steps", "3", "--rl_max_steps", "2", "--num_train_prompts", "8", "--prompts_per_step", "2",
+        "--num_generations", "2", "--dpo_pairs_per_step", "2", "--num_elbo_samples", "1"]
+
+
+def test_demo_rl_runs_every_method_and_ends_with_the_headline(tmp_path, capsys):
+    out = tmp_path / "demo-rl"
+    results = main([*TINY, "--output_dir", str(out), "--methods", "elbo", "diffu_grpo", "dpo"])
+    assert set(results) == {"elbo", "diffu_grpo", "dpo"}
+    assert all(r["steps"] == 2 and 0 <= r["after"] <= 1 for r in results.values())
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"held-out exact match: \d+\.\d% -> \d+\.\d% in \d+ s", lines[-1])
+    assert any("+ grpo diffu_grpo" in line for line in lines) and (out / "reward_curve.png").is_file()
+    main([*TINY, "--output_dir", str(out), "--methods", "elbo", "--no_plot"])
+    assert "reusing the SFT checkpoint" in capsys.readouterr().out
+
+
+def test_an_unknown_method_is_one_line(tmp_path, capsys):
+    assert cli_main(["demo-rl", "--methods", "ppo", "--output_dir", str(tmp_path)]) == 2
+    assert "choose among elbo, diffu_grpo, dpo" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""DiffusionGRPOTrainer on a tiny checkpoint: groups stay whole, a step moves the estimated log-likelihood of
+each completion in the direction of its advantage (both estimators), trl's metrics are logged, the reference
+follows beta and LoRA, and `dllm grpo` runs end to end and refuses mistakes in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+
+from dllm.auto import AutoModelForMaskedDiffusion
+from dllm.rl.grpo import DiffusionGRPOConfig, DiffusionGRPOTrainer, GroupSampler
+from dllm.rl.rewards import exact_match, format_reward
+from tests.helpers import save_tiny_masked_lm
+
+ROWS = [{"prompt": f"sort {a}{b}", "answer": "".join(sorted(f"{a}{b}"))} for a in range(4) for b in range(4)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_masked_lm(tmp_path_factory.mktemp("ckpt") / "tiny", gen_length=3)
+
+
+def first_char_code(prompts, completions, **columns):
+    """A reward that varies within every group of a random model: the first character's code mod 7."""
+    return [(ord(c[0]) % 7) / 6 if c else 0.0 for c in completions]
+
+
+def make_trainer(checkpoint, tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4, max_steps=2,
+                  learning_rate=0.05, optim="sgd", logging_steps=1, report_to="none", use_cpu=True, seed=0,
+                  save_strategy="no", disable_tqdm=True, beta=0.0)
+    values.update(overrides)
+    model = AutoModelForMaskedDiffusion.from_pretrained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    return DiffusionGRPOTrainer(model, [exact_match, first_char_code], DiffusionGRPOConfig(**values),
+                                Dataset.from_list(ROWS), tokenizer)
+
+
+def test_group_sampler_keeps_groups_and_repeats_windows():
+    indices = list(GroupSampler(10, 3, 2, window=2, repeats=2, seed=0))
+    assert len(indices) == 2 * 4 * 3 * 2  # two windows of 4 prompts, 3 generations, 2 iterations
+    first = indices[:12]
+    assert indices[12:24] == first  # the window again, for the second iteration
+    assert all(len(set(first[i:i + 3])) == 1 for i in range(0, 12, 3))
+
+
+@pytest.mark.parametrize("loss_type", ["elbo", "diffu_grpo"])
+def test_a_step_raises_the_likelihood_of_completions_with_positive_advantage(checkpoint, tmp_path, loss_type):
+    trainer = make_trainer(checkpoint, tmp_path, loss_type=loss_type, num_iterations=2, max_steps=1,
+                           num_elbo_samples=8, learning_rate=0.5)
+    trainer.train()
+    r = trainer._buffer[0]
+    assert r.advantages.abs().sum() > 0, "the rollouts need some reward spread for this test"
+    with torch.no_grad():
+        after = trainer._logps(trainer.model, r, r.noise[0])
+    delta = after - r.old_logps[0]  # the same noise before and after the step
+    if delta.dim() == 2:
+        delta = delta.mean(dim=1)
+    assert (delta * r.advantages).sum() > 0
+    assert torch.corrcoef(torch.stack([delta, r.advantages]))[0, 1] > 0.3
+
+
+def test_metrics_are_logged_with_trl_names_and_the_reference_follows_beta(checkpoint, tmp_path):
+    trainer = make_trainer(checkpoint, tmp_path, beta=0.1)
+    assert trainer.reference.copy is not None  # a full model: a frozen copy
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    for key in ("reward", "reward_std", "rewards/exact_match/mean", "rewards/first_char_code/std", "kl",
+                "clip_ratio/region_mean", "completions/mean_length", "sampler/forward_passes", "frac_reward_zero_std"):
+        assert key in logs[0], key
+    assert logs[0]["sampler/forward_passes"] == 3  # one token per step on a 3-token canvas
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    copy_params = list(trainer.reference.copy.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, copy_params))  # the reference never moves
+    assert make_trainer(checkpoint, tmp_path, beta=0.0).reference.needed is False
+
+
+def test_lora_reference_is_the_adapter_switched_off(checkpoint, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForMaskedDiffusion.from_pretrained(checkpoint),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    args = DiffusionGRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
+                               max_steps=1, report_to="none", use_cpu=True, beta=0.1, save_strategy="no")
+    trainer = DiffusionGRPOTrainer(model, [exact_match], args, Dataset.from_list(ROWS),
+                                   AutoTokenizer.from_pretrained(checkpoint),)
+    assert trainer.reference.copy is None
+    trainer.train()
+    r = trainer._buffer[0]
+    base = AutoModelForMaskedDiffusion.from_pretrained(checkpoint)
+    with torch.no_grad():
+        expected = trainer._logps(base, r, r.noise[0])
+    assert torch.allclose(r.ref_logps[0], expected, atol=1e-5)
+
+
+def test_format_reward_and_exact_match_normalise_whitespace():
+    assert exact_match(["p"] * 3, [" 12 ", "1 2", [{"role": "assistant", "content": "12"}]],
+                       answer=["12", "1  2", "12"]) == [1.0, 1.0, 1.0]
+    assert format_reward(["p"] * 3, ["<a>1</a>", "x", "<a>12345</a>"], pattern=r"<a>\d+</a>", max_length=8) == [
+        1.0, 0.0, 0.0]
+
+
+def test_dllm_grpo_end_to_end_and_one_line_errors(checkpoint, tmp_path, capsys):
+    from dllm.cli import main
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "grpo"
+    common = ["--per_device_train_batch_size", "4", "--num_generations", "2", "--report_to", "none",
+              "--use_cpu", "True", "--output_dir", str(out), "--save_strategy", "no"]
+    assert main(["grpo", str(checkpoint), "--dataset_args", str(data), "--max_steps", "1", *common]) == 0
+    assert (out / "config.json").is_file() and (out / "diffusion_generation_config.json").is_file()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x"}) + "\n")
+    assert main(["grpo", str(checkpoint), "--dataset_args", str(bad), *common]) == 2
+    assert "no column 'prompt'" in capsys.readouterr().err
+    assert main(["grpo", str(checkpoint), "--dataset_args", str(data), "--reward_funcs", "nosuch:fn", *common]) == 2
+    assert "cannot import 'nosuch'" in capsys.readouterr().err
+    assert main(["grpo", str(checkpoint), "--dataset_args", str(data), *common, "--num_generations", "3"]) == 2
+    assert "multiple of num_generations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_grpo_keeps_groups_whole_and_finishes(checkpoint, tmp_path):
+    """`accelerate launch` over gloo, 2 CPU processes x 4 completions (whole groups per process, see GroupSampler):
+    the run finishes with a KL reference, logs the gathered reward metrics and saves the checkpoint."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(root / "scripts" / "accelerate_configs" / "ddp.yaml"), "--num_processes", "2", "--mixed_precision",
+           "no", "--main_process_port", "0", "-m", "dllm.cli", "grpo", str(checkpoint), "--dataset_args", str(data),
+           "--per_device_train_batch_size", "4", "--num_generations", "2", "--max_steps", "2", "--beta", "0.1",
+           "--report_to", "none", "--use_cpu", "True", "--output_dir", str(tmp_path / "out"), "--save_strategy", "no",
+           "--logging_steps", "1", "--reward_funcs", "exact_match", "format"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "'rewards/format/mean'" in result.stdout and "'kl'" in result.stdout
+    assert (tmp_path / "out" / "config.json").is_file()
