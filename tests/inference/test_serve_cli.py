@@ -31,7 +31,7 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert cli_main(["serve", "anything"]) == 2
-    assert capsys.readouterr().err == "dllm serve: needs uvicorn: pip install 'dllm[serve]'\n"
+    assert capsys.readouterr().err == "dllm serve: needs uvicorn: pip install -e '.[serve]'\n"
 
 
 def free_port() -> int:
