@@ -1,7 +1,7 @@
 """Sampler time per answer against torch's intra-op thread count (``dllm sample/serve/chat/playground
 --num_threads``): random LLaMA masked LMs of three sizes, the same prompts and settings at every thread count.
 
-    flock /work/cpu.lock python benchmarks/sampler_threads.py --threads 1 2 --sizes tiny small medium
+    python benchmarks/sampler_threads.py --threads 1 2 --sizes tiny small medium
 
 Prints one JSON line per (size, threads): median seconds of a batch of ``--batch`` prompts answered with
 ``gen_length`` 32 in blocks of 8, 8 steps, and the model's parameter count. Weights are random: the time of a forward

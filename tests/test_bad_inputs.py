@@ -355,7 +355,7 @@ def _cli_cases(tmp: Path, base: Path) -> dict[str, tuple[list[str], str]]:
                                       f"dllm sample: {tmp}/nope: no such checkpoint folder"),
         "sample bad flag value": (["sample", str(base), "hi", "--cache", "everything"],
                                   "dllm sample: argument --cache: invalid choice: 'everything' (choose from 'none', "
-                                  "'prefix', 'dual')"),
+                                  "'prefix', 'dual', 'block')"),
         "merge-lora missing adapter": (["merge-lora", str(base), str(tmp / "nope"), str(tmp / "merged")],
                                        f"dllm merge-lora: {tmp}/nope: no such adapter folder"),
     }
@@ -557,7 +557,7 @@ def sampling_checkpoint(tmp_path_factory):
     ({"top_p": 0.0}, "top_p", "must be None or in (0, 1], got 0.0"),
     ({"top_k": True}, "top_k", "must be an integer or None, got True"),
     ({"cfg_scale": float("inf")}, "cfg_scale", "must be a finite number >= 0, got inf"),
-    ({"cache": "everything"}, "cache", "must be one of none, prefix, dual, got 'everything'"),
+    ({"cache": "everything"}, "cache", "must be one of none, prefix, dual, block, got 'everything'"),
     ({"gen_length": 0}, "gen_length", "must be at least 1, got 0"),
     ({"mask_token_id": -1}, "mask_token_id", "must be None or a token id (>= 0), got -1"),
 ])

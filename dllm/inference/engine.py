@@ -239,7 +239,9 @@ class Engine:
         also keep per-block snapshots; ``on_block(index, rows)``: called from the sampler's thread after each
         finished block, see :data:`BlockIds`; ``seed``: the sampler's random draws come from a generator seeded
         so)."""
-        config = replace(config or self.config, record_history=history, progress=False)
+        config = config or self.config
+        if (config.record_history, config.progress) != (history, False):  # a replace checks every field again
+            config = replace(config, record_history=history, progress=False)
         ids, mask, kwargs = self._inputs(prompts, config)  # [B, P]
         callback = None if on_block is None else _answers_after_block(on_block, ids.shape[1], config)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)

@@ -3,7 +3,11 @@
 Requests carry OpenAI's fields (``model``, ``messages`` / ``prompt``, ``max_tokens``, ``temperature``, ``top_p``,
 ``n``, ``stream``, ``stop``) plus the diffusion sampler's options as extra fields (``steps``, ``block_size``,
 ``threshold``, ``cache``, ``remasking``, ``cfg_scale``, ``top_k``; the ``extra_body`` of the ``openai``
-client). A field not listed here is refused (400), so a misspelt sampler option is not silently ignored.
+client), built from :class:`~dllm.core.sampling.DiffusionGenerationConfig` (:data:`SAMPLER_FIELDS`). A field not
+listed here is refused (400), so a misspelt sampler option is not silently ignored; types are strict
+(``"stream": "yes"`` is refused). OpenAI fields that clients send by default (``presence_penalty``, ``logprobs``,
+``logit_bias``, ``response_format``, ...: :data:`NEUTRAL_VALUES`) are accepted with the values that ask for
+nothing; any other value is refused with a 400 naming the field. ``seed`` seeds the sampler's draws.
 ``max_tokens`` is the diffusion canvas (``gen_length``): the answer is at most that long.
 
 A chat message's content is a string or a list of parts: ``{"type": "text", "text": ...}`` and, for a

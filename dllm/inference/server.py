@@ -1,6 +1,6 @@
 """``dllm serve``: an OpenAI-compatible HTTP server for a masked diffusion checkpoint (FastAPI + uvicorn).
 
-    pip install 'dllm[serve]'
+    pip install -e '.[serve]'                                # in a clone
     dllm serve outputs/demo --port 8000                      # served as "demo" (the folder's name)
     dllm serve outputs/demo --served_model_name tiny --block_size 4 --steps 8 --max_tokens_limit 256
 
@@ -13,7 +13,10 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/mo
 Sampler settings start from the checkpoint's ``diffusion_generation_config.json``, then the command-line flags,
 then the request's fields (see :mod:`dllm.inference.protocol`). Concurrent requests with equal settings are
 answered by one sampler call (:mod:`dllm.inference.batching`). Errors use OpenAI's shape
-``{"error": {"message", "type", "param", "code"}}``: unknown model 404, a malformed or invalid body 400.
+``{"error": {"message", "type", "param", "code"}}``: unknown model 404, a malformed or invalid body 400 (a refused
+sampler value names its request field), a body over ``--max_request_bytes`` 413. Prompts are tokenised in a worker
+thread (the event loop keeps answering ``/health``), and a prompt whose characters alone cannot fit the model's
+positions is refused before it is tokenised.
 
 Images (a vision-language checkpoint such as Qwen3-VL): chat messages may hold OpenAI's content parts
 ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`` next to text parts. The server reads

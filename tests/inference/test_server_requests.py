@@ -188,3 +188,13 @@ def test_tokenising_runs_off_the_event_loop(server, monkeypatch):
     waited = time.perf_counter() - began
     request.join()
     assert waited < 1.5, waited
+
+
+def test_a_requests_settings_are_checked_once(server, monkeypatch):
+    """The config checks itself when the request's settings are applied; running the batch does not again."""
+    from dllm.core.sampling import DiffusionGenerationConfig
+
+    calls, real = [], DiffusionGenerationConfig.validate
+    monkeypatch.setattr(DiffusionGenerationConfig, "validate", lambda self: calls.append(1) or real(self))
+    assert post(server, steps=4).status_code == 200
+    assert len(calls) == 1
