@@ -51,18 +51,15 @@ def is_bidirectional(model: PreTrainedModel) -> bool:
     return getattr(text_config(model.config), "is_causal", True) is False and not any(flags)
 
 
-# Causal classes whose forward is exactly `backbone (self.model) -> lm_head -> optional final_logit_softcapping`
-# (read in transformers 5.24), so the head can run on selected positions only. Others (e.g. Cohere's logit_scale)
-# compute full logits and select afterwards: correct, without the saving.
-_PLAIN_HEAD_CLASSES = frozenset({"LlamaForCausalLM", "Gemma2ForCausalLM", "Qwen3VLForConditionalGeneration"})
-
-
 @functools.cache  # read on every training forward; a class's answer never changes
 def _head_is_plain(cls: type) -> bool:
-    # The forward the mixin wraps must be the plain class's own: a subclass that overrides it (a checkpoint's own
-    # code, trust_remote_code) may do more than lm_head.
+    """Whether ``cls`` declared ``plain_head`` (its causal forward is exactly ``self.model -> lm_head -> optional
+    final_logit_softcapping``) and that forward is still transformers' own: a subclass that overrides it (a
+    checkpoint's own code, trust_remote_code) may do more than ``lm_head``."""
+    if not getattr(cls, "plain_head", False):
+        return False
     causal = next(c for c in cls.__mro__ if "forward" in vars(c) and not issubclass(c, BidirectionalMaskedLMMixin))
-    return causal.__name__ in _PLAIN_HEAD_CLASSES and causal.__module__.startswith("transformers.")
+    return causal.__module__.startswith("transformers.")
 
 
 class BidirectionalMaskedLMMixin:
@@ -73,6 +70,12 @@ class BidirectionalMaskedLMMixin:
     returns :class:`~transformers.modeling_outputs.MaskedLMOutput`; with ``labels`` its loss is the plain
     (unshifted) cross-entropy over positions whose label is not -100.
     """
+
+    plain_head: bool = False
+    """A family wrapper sets this when its causal class's forward is ``backbone (self.model) -> lm_head -> optional
+    final_logit_softcapping`` (read in transformers 5.24), so the head can run on the selected positions alone;
+    other classes (e.g. Cohere's logit_scale) compute full logits and select afterwards: correct, without the
+    saving."""
 
     def __init__(self, config: PretrainedConfig, *args, **kwargs):
         set_bidirectional(config)

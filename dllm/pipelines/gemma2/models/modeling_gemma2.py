@@ -17,6 +17,9 @@ class Gemma2ForMaskedLM(BidirectionalMaskedLMMixin, Gemma2ForCausalLM):
       is the one place that default is set (``dllm.auto`` and the SFT recipe load through this class).
     """
 
+    plain_head = True  # Gemma2ForCausalLM.forward: self.model -> lm_head -> final_logit_softcapping
+
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, *args, **kwargs) -> Gemma2ForMaskedLM:
         kwargs.setdefault("attn_implementation", "eager")

@@ -11,3 +11,6 @@ class Llama3ForMaskedLM(BidirectionalMaskedLMMixin, LlamaForCausalLM):
     ``Llama3ForMaskedLM.from_pretrained("meta-llama/Meta-Llama-3-8B-Instruct")`` loads an ordinary causal
     checkpoint; the saved config carries ``is_causal: false``.
     """
+
+    plain_head = True  # LlamaForCausalLM.forward: self.model -> lm_head (transformers 5.24)
+

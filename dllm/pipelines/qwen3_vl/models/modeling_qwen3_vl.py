@@ -42,6 +42,9 @@ class Qwen3VLForMaskedLM(BidirectionalMaskedLMMixin, Qwen3VLForConditionalGenera
         # vision tower and mergers frozen; the language model trains
     """
 
+    plain_head = True  # Qwen3VLForConditionalGeneration.forward: self.model (vision included) -> lm_head
+
+
     @classmethod
     def from_pretrained(
         cls,
