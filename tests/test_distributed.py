@@ -413,7 +413,7 @@ def test_ddp_two_ranks_train_on_packed_rows(tmp_path, char_tokenizer):
 # Checked before the fixtures run (an in-test importorskip would first pay for the reference run).
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None or shutil.which("c++") is None,
-    reason="needs deepspeed (pip install dllm[deepspeed]) and a C++ compiler: on CPU DeepSpeed JIT-compiles "
+    reason="needs deepspeed (pip install -e '.[deepspeed]') and a C++ compiler: on CPU DeepSpeed JIT-compiles "
            "its shared-memory comm op on first use (minutes, cached in ~/.cache/torch_extensions)")
 
 

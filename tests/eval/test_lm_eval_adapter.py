@@ -1,7 +1,7 @@
 """The lm-evaluation-harness adapter, offline: a tiny checkpoint through ``lm_eval.simple_evaluate`` on local
 YAML tasks (generation, multiple choice, rolling perplexity) and through ``python -m dllm.eval.lm_eval_adapter``;
 stop strings, ``max_gen_toks``, ``is_greedy`` and the rolling windows. Skipped without lm-eval (optional extra
-``eval``: ``pip install 'dllm[eval]'``)."""
+``eval``: ``pip install -e '.[eval]'``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-pytest.importorskip("lm_eval", reason="lm-eval is the optional extra 'eval': pip install 'dllm[eval]'")
+pytest.importorskip("lm_eval", reason="lm-eval is the optional extra 'eval': pip install -e '.[eval]'")
 
 from dllm.core.likelihood import elbo_nll  # noqa: E402
 from dllm.core.sampling import infill, left_pad  # noqa: E402

@@ -44,7 +44,7 @@ def test_canvas_colours_tokens_by_the_step_that_committed_them():
 def test_plot_types_steps_as_labels_even_before_the_first_step():
     # the page is built with the empty frame and the browser keeps the axis types it was given first: an empty
     # frame's float columns made ``step`` quantitative, the ``#1`` labels NaN, and the chart empty
-    gr = pytest.importorskip("gradio", reason="needs gradio: pip install 'dllm[web]'")
+    gr = pytest.importorskip("gradio", reason="needs gradio: pip install -e '.[web]'")
     for per_step in ([], [4, 3]):
         value = gr.BarPlot(_plot(per_step), x="step", y="tokens committed").value
         assert value["datatypes"] == {"step": "nominal", "tokens committed": "quantitative"}
@@ -77,14 +77,14 @@ def test_handler_refuses_an_image_for_a_text_checkpoint_in_one_line(tiny_checkpo
     with pytest.raises(UsageError) as refused:
         Playground(loaded).prepare("hi", 8, 8, 0, 0, "none", noise_image(1))
     assert str(refused.value) == message
-    gr = pytest.importorskip("gradio", reason="the page itself needs gradio: pip install 'dllm[web]'")
+    gr = pytest.importorskip("gradio", reason="the page itself needs gradio: pip install -e '.[web]'")
     with pytest.raises(gr.Error) as shown:
         list(Playground(loaded).run("hi", 8, 8, 0, 0, "none", noise_image(1)))
     assert shown.value.message == message
 
 
 def test_the_page_has_an_image_box_for_a_vision_checkpoint_only(tiny_checkpoint, tiny_vl_checkpoint):
-    gr = pytest.importorskip("gradio", reason="needs gradio: pip install 'dllm[web]'")
+    gr = pytest.importorskip("gradio", reason="needs gradio: pip install -e '.[web]'")
     from dllm.inference.playground import build_app
 
     for checkpoint, boxes in ((tiny_checkpoint, []), (tiny_vl_checkpoint, ["image"])):
@@ -93,7 +93,7 @@ def test_the_page_has_an_image_box_for_a_vision_checkpoint_only(tiny_checkpoint,
 
 
 def test_the_sliders_stop_at_the_models_positions(tiny_checkpoint, tmp_path):
-    gr = pytest.importorskip("gradio", reason="needs gradio: pip install 'dllm[web]'")
+    gr = pytest.importorskip("gradio", reason="needs gradio: pip install -e '.[web]'")
     from dllm.inference.playground import build_app
     from tests.helpers import save_tiny_masked_lm
 
@@ -112,7 +112,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def browser():
-    pytest.importorskip("gradio", reason="needs gradio: pip install 'dllm[web]' (make test-browser)")
+    pytest.importorskip("gradio", reason="needs gradio: pip install -e '.[web]' (make test-browser)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (make test-browser)")
     if not os.path.exists(CHROMIUM):
         pytest.skip("needs Debian's chromium: apt-get install -y chromium (make test-browser)")
