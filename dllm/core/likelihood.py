@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from dllm.core.diffusion import IGNORE_INDEX, mask_tokens, sample_t
+from dllm.core.models.masked_lm import block_diffusion_forward, block_diffusion_size
 from dllm.core.sampling.forward import model_logits, position_ids
 from dllm.core.schedules import LinearSchedule, MaskingSchedule
 
@@ -132,6 +133,9 @@ def masked_cross_entropy(model: torch.nn.Module, rows: list[torch.Tensor], label
         span = slice(width - len(row), width) if padding_side == "left" else slice(0, len(row))
         ids[i, span], targets[i, span], attention[i, span] = row, label, 1
     device = next(model.parameters()).device
+    if block_diffusion_size(getattr(model, "config", None)) is not None:
+        return _block_diffusion_cross_entropy(model, ids.to(device), targets.to(device), attention.to(device),
+                                              mask_token_id)
     keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)  # [C]
     ids, attention = ids.to(device), attention.to(device)
     logits = model_logits(model, ids, attention, position_ids(attention), keep.to(device))  # [R, C, V]
@@ -139,6 +143,21 @@ def masked_cross_entropy(model: torch.nn.Module, rows: list[torch.Tensor], label
     ce = F.cross_entropy(logits.transpose(1, 2), targets[:, keep].to(device), ignore_index=IGNORE_INDEX,
                          reduction="none")  # [R, C], 0 where ignored
     return ce.sum(dim=1).cpu()
+
+
+def _block_diffusion_cross_entropy(model: torch.nn.Module, ids: torch.Tensor, targets: torch.Tensor,
+                                   attention: torch.Tensor, mask_token_id: int) -> torch.Tensor:
+    """:func:`masked_cross_entropy` for a block-diffusion model: its denoiser reads the noisy rows beside their clean
+    copy (:func:`~dllm.core.models.masked_lm.block_diffusion_forward`, as it was trained), a noisy block seeing the
+    clean blocks before it; a pass over the noisy rows alone would give it another context than the bound's."""
+    masked = targets != IGNORE_INDEX  # [R, T]
+    clean = torch.where(masked, targets, ids)  # [R, T]: x_0
+    out = block_diffusion_forward(model, model, ids, clean, {"attention_mask": attention}, masked=masked)
+    logits = out.logits.float()  # [N, V], row-major over masked
+    logits[:, mask_token_id] = float("-inf")  # SUBS: a clean token is never the mask token
+    ce = F.cross_entropy(logits, targets[masked], reduction="none")  # [N]
+    rows = masked.nonzero()[:, 0]  # [N]
+    return torch.zeros(ids.shape[0], device=ce.device).index_add_(0, rows, ce).cpu()
 
 
 @dataclass

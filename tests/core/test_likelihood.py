@@ -176,3 +176,39 @@ def test_training_toward_an_answer_lowers_its_bound(tmp_path):
         optimizer.step()
     after = score(target)
     assert after < 0.5 * before and after < score(other)
+
+
+def test_block_diffusion_bound_reads_the_clean_copy_as_it_was_trained():
+    """A block-diffusion model's masked cross-entropy runs its training forward (x_t beside x_0): with both answer
+    tokens masked and in different blocks, the second is predicted from the first's clean token, so the sum equals
+    the chain -log p(a | prompt) - log p(b | prompt, a) of the model's plain block-causal forward on prompt + [MASK]
+    and prompt + [a, MASK] (an independent path). A pass over x_t alone would predict b from a masked a."""
+    from transformers import LlamaForCausalLM
+
+    from dllm.core.likelihood import masked_cross_entropy
+    from dllm.core.models import masked_lm_class
+    from dllm.core.models.masked_lm import set_block_diffusion
+    from tests.helpers import tiny_llama_config
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=40, mask_token_id=39)
+    config._attn_implementation = "sdpa"
+    model = masked_lm_class(LlamaForCausalLM)(config).double().eval()
+    set_block_diffusion(model.config, 2)  # prompt [3, 5 | 7, a | b]: a and b lie in different blocks
+    prompt, a, b = [3, 5, 7], 11, 13
+
+    def log_probs(sequence: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([sequence])).logits[0, -1].double()
+        logits[39] = float("-inf")  # SUBS, as the estimator does
+        return torch.log_softmax(logits, dim=-1)
+
+    chain = -(log_probs(prompt + [39])[a] + log_probs(prompt + [a, 39])[b])
+    row = torch.tensor(prompt + [39, 39])
+    labels = torch.tensor([-100, -100, -100, a, b])
+    ce = masked_cross_entropy(model, [row], [labels], 39)
+    torch.testing.assert_close(ce[0].double(), chain, rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # the x_t-only pass differs: b's context holds a mask where a should be
+        naive = model(input_ids=row[None]).logits[0, -1].double()
+    naive[39] = float("-inf")
+    assert abs(float(-(log_probs(prompt + [39])[a] + torch.log_softmax(naive, -1)[b]) - chain)) > 1e-4
