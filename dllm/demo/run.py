@@ -34,7 +34,6 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import (
     AutoTokenizer,
-    HfArgumentParser,
     LlamaConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -59,6 +58,7 @@ from dllm.demo.tasks import (
     make_examples,
 )
 from dllm.demo.tokenizer import build_char_tokenizer
+from dllm.options import OptionParser
 from dllm.demo.training import (  # noqa: F401  (WallClockBudget, CharChatEncoder, on_budget_clock: re-exported)
     BUDGET_CLOCK_TRAINERS,
     CharChatEncoder,
@@ -319,7 +319,7 @@ def parse_arguments(argv: list[str] | None) -> tuple[DemoArguments, DemoTraining
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 MB checkpoint
-    args, train_args = HfArgumentParser((DemoArguments, DemoTrainingConfig)).parse_args_into_dataclasses(args=argv)
+    args, train_args = OptionParser((DemoArguments, DemoTrainingConfig), prog="dllm demo").parse(argv)  # --config too
     require_matplotlib(args.plot)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -107,3 +107,15 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert DiffusionGenerationConfig.from_pretrained(out) == DiffusionGenerationConfig(gen_length=7)
     saved = json.loads((out / GENERATION_CONFIG_NAME).read_text())
     assert saved["gen_length"] == 7 and "steps" in saved and saved["steps"] is None
+
+
+def test_the_demo_reads_a_config_file_and_refuses_a_bad_flag_in_one_line(tmp_path):
+    from dllm.demo.run import parse_arguments
+    from dllm.errors import UsageError
+
+    file = tmp_path / "demo.yaml"
+    file.write_text("max_steps: 3\nhidden_size: 32\n")
+    args, train_args = parse_arguments(["--config", str(file), "--no_plot", "--hidden_size", "48"])
+    assert (train_args.max_steps, args.hidden_size) == (3, 48)  # the file's values, the command line wins
+    with pytest.raises(UsageError, match="--no_such"):
+        parse_arguments(["--no_such", "1"])
