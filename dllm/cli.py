@@ -43,7 +43,7 @@ commands:
                          post-train with reward functions (GRPO; --loss_type elbo|diffu_grpo, --reward_funcs)
   dpo CKPT --dataset_args F [flags]
                          post-train on preference pairs (prompt, chosen, rejected): DPO with ELBO likelihoods
-  demo-rl [flags]        offline demo: a short SFT on the demo tasks, then GRPO and DPO lift held-out exact match
+  demo-rl [flags]        offline demo: a short SFT on the demo tasks, then GRPO / DPO; held-out exact match before and after
   version                print the dllm version
 
 `dllm <command> --help` lists a command's flags.
