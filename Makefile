@@ -26,7 +26,7 @@ demo: $(STAMP)
 demo-vl: $(STAMP)
 	$(VENV)/bin/dllm demo-vl
 
-# A short SFT on the demo tasks, then GRPO on training prompts lifts held-out exact match (dllm/demo/rl.py).
+# A short SFT on the demo tasks, then GRPO on training prompts; held-out exact match before and after (dllm/demo/rl.py).
 demo-rl: $(STAMP)
 	$(VENV)/bin/dllm demo-rl
 

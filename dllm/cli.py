@@ -46,7 +46,8 @@ commands:
                          post-train with reward functions (GRPO; --loss_type elbo|diffu_grpo, --reward_funcs)
   dpo CKPT --dataset_args F [flags]
                          post-train on preference pairs (prompt, chosen, rejected): DPO with ELBO likelihoods
-  demo-rl [flags]        offline demo: a short SFT on the demo tasks, then GRPO and DPO lift held-out exact match
+  demo-rl [flags]        offline demo: a short SFT on the demo tasks, then GRPO / DPO; held-out exact match
+                         before and after
   export CKPT OUT --format sdar
                          write a block-diffusion Qwen3 checkpoint in SDAR's layout (SGLang's diffusion path)
   version                print the dllm version

@@ -1,5 +1,7 @@
-"""Offline post-training demo: a deliberately short SFT on the demo tasks, then GRPO (and DPO) lift held-out
-exact match. Nothing is downloaded.
+"""Offline post-training demo: a deliberately short SFT on the demo tasks, then GRPO (and DPO) on training
+prompts, held-out exact match before and after. Nothing is downloaded. Measured so far (README): at learning rate
+3e-4 and 200 steps every method *lowered* held-out exact match; at 3e-5 (the default) elbo GRPO raised it from
+14.8% to 17.5% in 103 s, short of the +15 points aimed at; the settings are not tuned yet.
 
     make demo-rl                                       # = dllm demo-rl
     dllm demo-rl --methods elbo diffu_grpo dpo         # both GRPO estimators and DPO, each from the same SFT model
@@ -73,7 +75,10 @@ class RLDemoArguments:
     )
     rl_minutes: float = field(default=10.0, metadata={"help": "Wall-clock cap of each post-training run."})
     rl_max_steps: int = field(default=400, metadata={"help": "Step cap of each post-training run."})
-    rl_learning_rate: float = field(default=3e-4, metadata={"help": "AdamW learning rate of post-training."})
+    rl_learning_rate: float = field(
+        default=3e-5, metadata={"help": "AdamW learning rate of post-training (3e-4 lowered held-out exact match for "
+                                "every method, measured; 3e-5 raised it with elbo)."}
+    )
     num_generations: int = field(default=8, metadata={"help": "GRPO: completions per prompt."})
     prompts_per_step: int = field(default=8, metadata={"help": "GRPO: prompts per step (x num_generations)."})
     beta: float = field(default=0.0, metadata={"help": "GRPO: KL coefficient (0: no reference model)."})
