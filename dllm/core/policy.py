@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from dllm.core.likelihood import Estimator, draw_noise
+from dllm.core.models.masked_lm import block_diffusion_forward, block_diffusion_size
 from dllm.core.sampling.forward import position_ids
 from dllm.core.schedules import MaskingSchedule
 
@@ -89,6 +90,13 @@ def completion_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     """``log pi(targets | input_ids)`` [R, L] at the last ``L`` columns (the completion) of ``input_ids`` [R, T],
     the mask token's logit removed; the output head runs on those columns only."""
     length = targets.shape[1]
+    base = _unwrapped(model)
+    if block_diffusion_size(base.config) is not None:  # its training forward: x_t beside the clean x_0
+        clean = torch.cat([input_ids[:, :-length], targets], dim=1)  # [R, T]
+        out = block_diffusion_forward(model, base, input_ids, clean, {"attention_mask": attention_mask})
+        logits = out.logits[:, -length:].float()  # [R, L, V]
+        logits[..., mask_token_id] = float("-inf")
+        return logits.log_softmax(dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [R, L]
     keep = torch.arange(input_ids.shape[1] - length, input_ids.shape[1], device=input_ids.device)  # [L]
     # Called without the sampler's cache argument (model_logits): the model may be wrapped (DDP, peft), whose
     # forward names no cache, and a training forward needs none.
@@ -98,6 +106,12 @@ def completion_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_
     logits = logits.float()
     logits[..., mask_token_id] = float("-inf")  # SUBS: a clean token is never the mask token
     return logits.log_softmax(dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # [R, L]
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The model under DDP (``module``) and peft (``get_base_model``) wrappers: its config and dtype build masks."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def sequence_elbo(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

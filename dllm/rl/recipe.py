@@ -22,7 +22,7 @@ from dllm.errors import UsageError
 from dllm.rl.data import load_rows
 from dllm.rl.rewards import resolve_reward
 from dllm.sft.config import ModelArguments
-from dllm.options import OptionParser
+from dllm.options import OptionParser, save_options
 from dllm.sft.recipe import apply_lora, build_model_and_tokenizer, save_final
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def parse_rl_args(argv: list[str], config_class: type[TrainingArguments],
         raise UsageError("give the checkpoint to post-train first: dllm grpo|dpo CKPT --dataset_args ...")
     if not data_args.dataset_args:
         raise UsageError("give the rows to train on: --dataset_args FILE (see --help for the columns)")
+    if config.process_index == 0:  # the resolved options beside the checkpoint; --config reads them back
+        save_options(config.output_dir, (model_args, data_args, config), header=f"{prog} options of this run")
     return model_args, data_args, config
 
 

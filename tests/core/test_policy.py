@@ -138,3 +138,28 @@ def test_group_advantages_clip_kl_and_dpo_closed_forms():
                           torch.tensor([0.0, math.exp(1) - 2]))
     loss, margin = dpo_loss(torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-3.0]), torch.tensor([-5.0]), 0.1)
     assert torch.allclose(loss, torch.tensor([math.log(2)])) and margin.item() == 0
+
+
+def test_completion_logps_of_a_block_diffusion_model_read_the_clean_copy():
+    """Both completion tokens masked, in different blocks: the second's log-probability is conditioned on the first's
+    clean token (the training forward, x_t beside x_0), as the model's plain block-causal forward on
+    prompt + [a, MASK] gives it."""
+    from transformers import LlamaForCausalLM
+
+    from dllm.core.models import masked_lm_class
+    from dllm.core.models.masked_lm import set_block_diffusion
+    from dllm.core.policy import completion_logps
+    from tests.helpers import tiny_llama_config
+
+    torch.manual_seed(0)
+    config = tiny_llama_config(vocab_size=40, mask_token_id=39)
+    config._attn_implementation = "sdpa"
+    model = masked_lm_class(LlamaForCausalLM)(config).double().eval()
+    set_block_diffusion(model.config, 2)  # [3, 5 | 7, a | b]
+    prompt, a, b = [3, 5, 7], 11, 13
+    with torch.no_grad():
+        logps = completion_logps(model, torch.tensor([prompt + [39, 39]]), torch.ones(1, 5, dtype=torch.long),
+                                 torch.tensor([[a, b]]), 39)
+        logits = model(input_ids=torch.tensor([prompt + [a, 39]])).logits[0, -1].double()
+    logits[39] = float("-inf")
+    torch.testing.assert_close(logps[0, 1].double(), torch.log_softmax(logits, -1)[b], rtol=1e-6, atol=1e-6)

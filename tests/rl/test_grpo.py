@@ -115,6 +115,12 @@ def test_dllm_grpo_end_to_end_and_one_line_errors(checkpoint, tmp_path, capsys):
               "--use_cpu", "True", "--output_dir", str(out), "--save_strategy", "no"]
     assert main(["grpo", str(checkpoint), "--dataset_args", str(data), "--max_steps", "1", *common]) == 0
     assert (out / "config.json").is_file() and (out / "diffusion_generation_config.json").is_file()
+    # the resolved options, read back by --config (here: the same run settings)
+    from dllm.rl.grpo import DiffusionGRPOConfig
+    from dllm.rl.recipe import parse_rl_args
+
+    _, data_args, args = parse_rl_args(["--config", str(out / "run_config.yaml")], DiffusionGRPOConfig)
+    assert (args.num_generations, args.max_steps, data_args.dataset_args) == (2, 1, str(data))
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}) + "\n")
     assert main(["grpo", str(checkpoint), "--dataset_args", str(bad), *common]) == 2
