@@ -171,3 +171,13 @@ def test_a_text_model_refuses_rows_with_images(base, tmp_path):
     with pytest.raises(UsageError, match="image"):
         run(None, ["--model_name_or_path", str(checkpoint), "--dataset_args", str(write_vl_rows(tmp_path)),
                    "--output_dir", str(tmp_path / "out"), *FLAGS])
+
+
+def test_every_objectives_options_pickle_as_trainer_saves_them(tmp_path):
+    import pickle
+
+    from dllm.sft.config import OBJECTIVES, sft_config_class
+
+    for objective in OBJECTIVES:
+        options = sft_config_class(objective)(output_dir=str(tmp_path))
+        assert pickle.loads(pickle.dumps(options)).to_dict() == options.to_dict()

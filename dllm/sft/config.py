@@ -177,10 +177,15 @@ def sft_config_class(objective: str = "mdlm") -> type:
     if objective not in _SFT_CONFIGS:
         base = OBJECTIVES[objective][0]
         name = "SFTConfig" if objective == "mdlm" else f"{base.__name__.removesuffix('Config')}SFTConfig"
-        _SFT_CONFIGS[objective] = dataclass(type(name, (SFTDefaults, base), {
+        made = dataclass(type(name, (SFTDefaults, base), {
             "__doc__": f"{base.__name__} with the SFT recipe's options and defaults.", "__module__": __name__}))
+        # A module attribute of its own name, so pickle finds it (Trainer saves training_args.bin with torch.save).
+        _SFT_CONFIGS[objective] = globals()[name] = made
     return _SFT_CONFIGS[objective]
 
 
 SFTConfig = sft_config_class("mdlm")
 """MDLMConfig with SFT defaults (``dllm sft``'s training options)."""
+BD3LMSFTConfig = sft_config_class("bd3lm")
+"""BD3LMConfig with SFT defaults (``dllm sft --objective bd3lm``'s training options)."""
+

@@ -71,8 +71,8 @@ def test_mask_token_from_config_json_when_the_tokenizer_has_none(tmp_path, char_
 def test_refusals_name_the_checkpoint_or_the_settings_file(tmp_path, tiny_checkpoint):
     with pytest.raises(UsageError, match=f"^{tmp_path / 'nope'}: no such checkpoint folder$"):
         load_checkpoint(str(tmp_path / "nope"))
-    with pytest.raises(UsageError, match="^no-such-org/no-such-model: not in the local Hugging Face cache, and the "
-                                         r"Hub is off \(HF_HUB_OFFLINE=1\)"):
+    with pytest.raises(UsageError, match="^no-such-org/no-such-model: no such checkpoint folder, nor a model in the "
+                                         r"local Hugging Face cache \(the Hub is off: HF_HUB_OFFLINE=1\)"):
         load_checkpoint("no-such-org/no-such-model")  # tests run offline: said at once
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match=r"empty: not a checkpoint folder \(no config.json\)$"):
