@@ -36,6 +36,7 @@ from dllm.auto import AutoModelForMaskedDiffusion, load_config, load_tokenizer
 from dllm.core.models.masked_lm import block_diffusion_size, text_config
 from dllm.core.sampling import GENERATION_CONFIG_NAME
 from dllm.errors import UsageError
+from dllm.sft.checkpoints import check_writable, refuse_model_folders
 
 SDAR_ARCHITECTURE, SDAR_MODEL_TYPE = "SDARForCausalLM", "sdar"
 ALGORITHM_CONFIG_NAME = "dllm_algorithm_config.yaml"
@@ -74,6 +75,8 @@ def export_sdar(checkpoint: str, out: str | Path, *, overwrite: bool = False) ->
     tokenizer = load_tokenizer(checkpoint)
     if tokenizer.mask_token_id is None:
         raise UsageError(f"{checkpoint}: the tokenizer has no mask token")
+    refuse_model_folders(out, [checkpoint], flag="")  # never over the checkpoint it reads, whatever --overwrite
+    check_writable(out, flag="")
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} is not empty; pass --overwrite True to write into it")

@@ -87,3 +87,17 @@ def test_other_backbones_and_mdlm_checkpoints_are_one_line_errors(tmp_path, caps
     block_diffusion_checkpoint(tmp_path / "mdlm", block_size=None)
     assert cli_main(["export", str(tmp_path / "mdlm"), str(tmp_path / "o2"), "--format", "sdar"]) == 2
     assert "not a block-diffusion checkpoint" in capsys.readouterr().err
+
+
+def test_an_out_that_is_or_holds_the_checkpoint_is_refused_whatever_overwrite_says(tmp_path):
+    from dllm.errors import UsageError
+    from dllm.export.sdar import export_sdar
+
+    checkpoint = tmp_path / "ckpt"
+    block_diffusion_checkpoint(checkpoint)
+    before = sorted(p.name for p in checkpoint.iterdir())
+    with pytest.raises(UsageError, match="is the model being read"):
+        export_sdar(str(checkpoint), checkpoint, overwrite=True)
+    with pytest.raises(UsageError, match="holds the model being read"):
+        export_sdar(str(checkpoint), tmp_path, overwrite=True)
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
