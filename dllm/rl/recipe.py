@@ -21,6 +21,7 @@ from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.errors import UsageError
 from dllm.rl.data import load_rows
 from dllm.rl.rewards import resolve_reward
+from dllm.sft.checkpoints import check_output_dir
 from dllm.sft.config import ModelArguments
 from dllm.options import OptionParser, save_options
 from dllm.sft.recipe import apply_lora, build_model_and_tokenizer, save_final
@@ -55,6 +56,7 @@ def parse_rl_args(argv: list[str], config_class: type[TrainingArguments],
         raise UsageError("give the checkpoint to post-train first: dllm grpo|dpo CKPT --dataset_args ...")
     if not data_args.dataset_args:
         raise UsageError("give the rows to train on: --dataset_args FILE (see --help for the columns)")
+    check_output_dir(config.output_dir, [model_args.model_name_or_path])  # never over the checkpoint it reads
     if config.process_index == 0:  # the resolved options beside the checkpoint; --config reads them back
         save_options(config.output_dir, (model_args, data_args, config), header=f"{prog} options of this run")
     return model_args, data_args, config

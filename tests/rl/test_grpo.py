@@ -127,6 +127,9 @@ def test_dllm_grpo_end_to_end_and_one_line_errors(checkpoint, tmp_path, capsys):
     assert "no column 'prompt'" in capsys.readouterr().err
     assert main(["grpo", str(checkpoint), "--dataset_args", str(data), "--reward_funcs", "nosuch:fn", *common]) == 2
     assert "cannot import 'nosuch'" in capsys.readouterr().err
+    assert main(["grpo", str(checkpoint), "--dataset_args", str(data), *common[:-4], "--output_dir", str(checkpoint),
+                 "--save_strategy", "no"]) == 2
+    assert "is the model being read" in capsys.readouterr().err
     assert main(["grpo", str(checkpoint), "--dataset_args", str(data), *common, "--num_generations", "3"]) == 2
     assert "multiple of num_generations" in capsys.readouterr().err
 
