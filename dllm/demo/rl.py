@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, HfArgumentParser, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from dllm.auto import AutoModelForMaskedDiffusion
@@ -53,6 +53,7 @@ from dllm.demo.run import (
 )
 from dllm.demo.tasks import make_examples
 from dllm.errors import UsageError
+from dllm.options import OptionParser
 from dllm.rl.dpo import DiffusionDPOConfig, DiffusionDPOTrainer
 from dllm.rl.grpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from dllm.rl.rewards import exact_match
@@ -263,7 +264,7 @@ def parse(argv: list[str] | None) -> tuple[DemoArguments, RLDemoArguments]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    demo_args, args = HfArgumentParser((DemoArguments, RLDemoArguments)).parse_args_into_dataclasses(args=argv)
+    demo_args, args = OptionParser((DemoArguments, RLDemoArguments), prog="dllm demo-rl").parse(argv)  # --config too
     require_matplotlib(demo_args.plot)
     if demo_args.threads:
         torch.set_num_threads(demo_args.threads)
