@@ -291,7 +291,10 @@ class ModelFamily:
             objective the family does not support).
         text_rows: rows are text only, so they can be tokenised once and packed.
         image_inputs: for families that answer questions about images, ``(model, processor, conversations,
-            gen_length) -> (prompt_ids, attention_mask, model_kwargs)`` for the sampler; None for text models.
+            gen_length) -> (prompt_ids, attention_mask, model_kwargs)`` for the sampler (a conversation may come
+            already through ``encode_images``); None for text models.
+        encode_images: ``(processor, conversation) -> encoded conversation`` (its ``len()`` is its tokens), the
+            costly part of ``image_inputs`` done once per prompt, whatever batch it joins.
     """
 
     name: str
@@ -306,9 +309,11 @@ class ModelFamily:
     trainer_for: Callable[[type], type] = _same_trainer
     text_rows: bool = True
     image_inputs: Callable[..., Any] | None = None
+    encode_images: Callable[[Any, list[dict[str, Any]]], Any] | None = None
 
 
 _QWEN3_VL_HOOKS = "dllm.pipelines.qwen3_vl.hooks"
+_QWEN3_VL_GENERATION = "dllm.pipelines.qwen3_vl.generation"
 FAMILIES: dict[str, ModelFamily] = {
     family.name: family
     for family in (
@@ -319,7 +324,8 @@ FAMILIES: dict[str, ModelFamily] = {
                     build_model=_on_use(_QWEN3_VL_HOOKS, "build_model"),
                     build_collator=_on_use(_QWEN3_VL_HOOKS, "build_collator"),
                     trainer_for=_on_use(_QWEN3_VL_HOOKS, "trainer_for"), text_rows=False,
-                    image_inputs=_on_use("dllm.pipelines.qwen3_vl.generation", "prepare_generation_inputs")),
+                    image_inputs=_on_use(_QWEN3_VL_GENERATION, "prepare_generation_inputs"),
+                    encode_images=_on_use(_QWEN3_VL_GENERATION, "encode_conversation")),
     )
 }
 _BY_MODEL_TYPE: dict[str, ModelFamily] = {family.model_type: family for family in FAMILIES.values()}

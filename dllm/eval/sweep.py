@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from dllm.core.sampling import DiffusionGenerationConfig
 from dllm.errors import UsageError
-from dllm.inference.engine import check_generation_config
 
 _NOT_SWEPT = ("record_history", "progress")
 
@@ -79,7 +78,7 @@ def sweep_configs(base: DiffusionGenerationConfig, combinations: list[dict[str, 
     configs = []
     for combination in combinations:
         try:
-            configs.append(check_generation_config(replace(base, **combination)))
+            configs.append(replace(base, **combination))  # the constructor checks every field
         except ValueError as err:
             raise UsageError(f"--sweep combination {settings_label(combination)}: {err}") from err
     return configs

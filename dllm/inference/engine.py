@@ -33,9 +33,10 @@ class VisionPrompt:
     format). The checkpoint's processor makes its token ids when its batch runs."""
 
     messages: list[dict[str, Any]]
-    prepared: tuple[int, tuple] | None = field(default=None, repr=False, compare=False)
-    """``(gen_length, sampler inputs)`` of this conversation alone, kept by :meth:`Engine.prompt_length` (which
-    processes it to count its tokens) so that a batch of this one prompt is not processed again."""
+    prepared: Any = field(default=None, repr=False, compare=False)
+    """The conversation through the processor (the family's ``encode_images``), kept by :func:`prepare_vision` when
+    :meth:`Engine.prompt_length` counts its tokens, so that no batch it joins, and none of its ``n`` answers,
+    processes it again."""
 
 
 Prompts = list[list[int]] | list[VisionPrompt]
@@ -52,8 +53,6 @@ def sampler_inputs(model: Any, prompts: Prompts, gen_length: int, pad_token_id: 
         ValueError: a batch mixing the two kinds, vision prompts for a model whose family takes no images, or
             vision prompts without a processor.
     """
-    from dllm.auto import family_for_model_type
-
     vision = [isinstance(prompt, VisionPrompt) for prompt in prompts]
     if not any(vision):
         ids, mask = left_pad(prompts, pad_token_id)  # [B, P]
@@ -61,12 +60,33 @@ def sampler_inputs(model: Any, prompts: Prompts, gen_length: int, pad_token_id: 
         return ids.to(device), mask.to(device), None
     if not all(vision):
         raise ValueError("a batch mixes conversations with images and token ids")
+    family = _image_family(model)
+    if processor is None:
+        raise ValueError("conversations with images need the checkpoint's processor")
+    rows = [prompt.messages if prompt.prepared is None else prompt.prepared for prompt in prompts]
+    return family.image_inputs(model, processor, rows, gen_length)
+
+
+def _image_family(model: Any) -> Any:
+    """The family (``dllm.auto.FAMILIES``) of a model that answers questions about images.
+
+    Raises:
+        ValueError: its family takes no images.
+    """
+    from dllm.auto import family_for_model_type
+
     family = family_for_model_type(model.config.model_type)
     if family is None or family.image_inputs is None:
         raise ValueError(f"model_type {model.config.model_type!r} takes no images")
-    if processor is None:
-        raise ValueError("conversations with images need the checkpoint's processor")
-    return family.image_inputs(model, processor, [prompt.messages for prompt in prompts], gen_length)
+    return family
+
+
+def prepare_vision(model: Any, processor: Any, prompt: VisionPrompt) -> VisionPrompt:
+    """``prompt`` with its conversation through ``processor`` (once: a prepared prompt is returned as it is)."""
+    if prompt.prepared is None:
+        encode = _image_family(model).encode_images
+        prompt.prepared = encode(processor, prompt.messages) if encode else None
+    return prompt
 
 
 def encode_chats(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
@@ -84,17 +104,6 @@ def encode_chats(tokenizer: PreTrainedTokenizerBase, conversations: list[list[di
 def encode_texts(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
     """Token ids of raw texts (no chat template; the tokenizer's own special tokens, such as BOS, are added)."""
     return [list(ids) for ids in tokenizer(texts)["input_ids"]]
-
-
-def check_generation_config(config: DiffusionGenerationConfig) -> DiffusionGenerationConfig:
-    """The config, checked again (``validate``: every field and their relations); for a config whose fields were
-    assigned after it was built (``dataclasses.replace`` and the constructor check by themselves).
-
-    Raises:
-        SamplerSettingError: a value refused, naming the field.
-    """
-    config.validate()
-    return config
 
 
 class ContextLengthError(UsageError):
@@ -214,24 +223,14 @@ class Engine:
         self.device = next(model.parameters()).device
         self.sampler_calls = 0
 
-    def prompt_length(self, prompt: list[int] | VisionPrompt, gen_length: int | None = None,
-                      keep: bool = True) -> int:
-        """Tokens in a prompt (a vision prompt's image placeholders included: it is processed for an answer of
-        ``gen_length``, default the engine's, and with ``keep`` holds what it was processed into, see
-        :attr:`VisionPrompt.prepared`; a caller that will batch it with others has no use for that)."""
+    def prompt_length(self, prompt: list[int] | VisionPrompt) -> int:
+        """Tokens in a prompt (a vision prompt's image placeholders included: it is processed here, once, and keeps
+        what it was processed into for the batch it joins, see :attr:`VisionPrompt.prepared`)."""
         if not isinstance(prompt, VisionPrompt):
             return len(prompt)
-        length = self.config.gen_length if gen_length is None else gen_length
-        inputs = sampler_inputs(self.model, [prompt], length, self.config.pad_token_id, self.processor)
-        prompt.prepared = (length, inputs) if keep else None
-        return int(inputs[1].sum())
-
-    def _inputs(self, prompts: Prompts, config: DiffusionGenerationConfig) -> tuple:
-        """The batch's sampler inputs: a lone vision prompt's prepared ones when they fit ``config``."""
-        lone = prompts[0] if len(prompts) == 1 else None
-        if isinstance(lone, VisionPrompt) and lone.prepared is not None and lone.prepared[0] == config.gen_length:
-            return lone.prepared[1]
-        return sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id, self.processor)
+        if self.processor is None:
+            raise ValueError("conversations with images need the checkpoint's processor")
+        return len(prepare_vision(self.model, self.processor, prompt).prepared)
 
     def run(self, prompts: Prompts, config: DiffusionGenerationConfig | None = None,
             history: bool = False, on_block: BlockIds | None = None, seed: int | None = None) -> list[Completion]:
@@ -242,7 +241,8 @@ class Engine:
         config = config or self.config
         if (config.record_history, config.progress) != (history, False):  # a replace checks every field again
             config = replace(config, record_history=history, progress=False)
-        ids, mask, kwargs = self._inputs(prompts, config)  # [B, P]
+        ids, mask, kwargs = sampler_inputs(self.model, prompts, config.gen_length, config.pad_token_id,
+                                           self.processor)  # [B, P]
         callback = None if on_block is None else _answers_after_block(on_block, ids.shape[1], config)
         generator = None if seed is None else torch.Generator(self.device).manual_seed(seed)
         out = generate(self.model, ids, config, attention_mask=mask, generator=generator, on_block=callback,

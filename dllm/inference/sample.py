@@ -181,12 +181,11 @@ def check_writable(out: Path, flag: str) -> None:
         out.unlink()
 
 
-def _check_lengths(engine: Engine, prompts: list[Prompt], inputs: list[list[int]] | list[VisionPrompt],
-                   keep: bool) -> None:
-    """Refuse, before the first batch, a prompt that does not fit the model's positions with the answer (``keep``:
-    a vision prompt keeps what it was processed into, for a batch of its own)."""
+def _check_lengths(engine: Engine, prompts: list[Prompt], inputs: list[list[int]] | list[VisionPrompt]) -> None:
+    """Refuse, before the first batch, a prompt that does not fit the model's positions with the answer (a vision
+    prompt keeps what it was processed into, for the batch it joins)."""
     for number, (prompt, given) in enumerate(zip(prompts, inputs), start=1):
-        check_fits(engine.model.config, engine.prompt_length(given, keep=keep), engine.config.gen_length,
+        check_fits(engine.model.config, engine.prompt_length(given), engine.config.gen_length,
                    f"prompt {number} ({str(prompt.given)[:40]!r})")
 
 
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise UsageError(f"{checkpoint}: {err}") from err
     inputs = None if image is None else [VisionPrompt(with_image(p.messages, image)) for p in prompts]
     engine = Engine(loaded.model, loaded.tokenizer, loaded.generation_config, processor)
-    _check_lengths(engine, prompts, inputs or ids, keep=args.batch_size == 1)
+    _check_lengths(engine, prompts, inputs or ids)
     rows = answer(engine, prompts, ids, args.batch_size, inputs)
     if args.output is None:
         for row in rows:

@@ -177,7 +177,7 @@ class Serving:
                       param: str) -> int:
         """The prompts' tokens in all; refuses empty prompts, and prompt plus answer beyond the model's positions
         (``max_position_embeddings``)."""
-        lengths = [self.engine.prompt_length(p, config.gen_length) for p in prompts]
+        lengths = [self.engine.prompt_length(p) for p in prompts]
         if any(length == 0 for length in lengths):
             raise ApiError(400, f"{param} is empty", param)
         try:

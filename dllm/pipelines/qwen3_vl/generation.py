@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,30 +46,49 @@ def conversation_images(messages: Conversation) -> list[Any]:
             for part in message["content"] if part.get("type") == "image"]
 
 
-def prepare_generation_inputs(model: torch.nn.Module, processor: ProcessorMixin, conversations: list[Conversation],
-                              gen_length: int,
+@dataclass
+class EncodedConversation:
+    """One conversation through the processor: the costly part of preparing a prompt (the chat template, resizing
+    and patching its images), kept so that a prompt counted for its length, or asked for ``n`` answers, is not
+    processed again; it fits any batch and any ``gen_length``. ``len()`` is its tokens, image placeholders
+    included."""
+
+    input_ids: list[int]
+    pixel_values: torch.Tensor | None = None  # [patches, D]
+    image_grid_thw: torch.Tensor | None = None  # [images, 3]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_conversation(processor: ProcessorMixin, messages: Conversation) -> EncodedConversation:
+    """``messages`` (answered after the generation prompt) through the checkpoint's processor."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images = conversation_images(messages)
+    encoded = processor(text=[text], images=images or None, return_tensors="pt")
+    if not images:
+        return EncodedConversation(encoded["input_ids"][0].tolist())
+    return EncodedConversation(encoded["input_ids"][0].tolist(), encoded["pixel_values"], encoded["image_grid_thw"])
+
+
+def prepare_generation_inputs(model: torch.nn.Module, processor: ProcessorMixin,
+                              conversations: list[Conversation | EncodedConversation], gen_length: int,
                               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """``(prompt_ids [B, P], attention_mask [B, P], model_kwargs)`` for :func:`~dllm.core.sampling.generate`.
 
     ``conversations``: chat messages whose content is a string or Qwen parts (``{"type": "image", "image":
-    PIL image}``, ``{"type": "text", "text": ...}``), answered after the generation prompt. Prompts are
-    left-padded with the tokenizer's pad token; ``model_kwargs`` hold ``position_ids`` [3, B, P + gen_length]
-    and, when any conversation has images, ``mm_token_type_ids`` [B, P + gen_length], ``pixel_values`` (in the
-    vision tower's dtype) and ``image_grid_thw``, all on the model's device. Rows with and without images mix in
-    one batch; every sampler setting (caches, guidance) takes these inputs.
+    PIL image}``, ``{"type": "text", "text": ...}``), answered after the generation prompt, or such conversations
+    already through :func:`encode_conversation` (not processed again). Prompts are left-padded with the tokenizer's
+    pad token; ``model_kwargs`` hold ``position_ids`` [3, B, P + gen_length] and, when any conversation has images,
+    ``mm_token_type_ids`` [B, P + gen_length], ``pixel_values`` (in the vision tower's dtype) and
+    ``image_grid_thw``, all on the model's device. Rows with and without images mix in one batch; every sampler
+    setting (caches, guidance) takes these inputs.
     """
-    tokenizer = processor.tokenizer
-    rows, pixels, grids = [], [], []
-    for messages in conversations:
-        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        images = conversation_images(messages)
-        encoded = processor(text=[text], images=images or None, return_tensors="pt")
-        rows.append(encoded["input_ids"][0].tolist())
-        if images:
-            pixels.append(encoded["pixel_values"])  # [patches, D]
-            grids.append(encoded["image_grid_thw"])  # [images, 3]
+    rows = [c if isinstance(c, EncodedConversation) else encode_conversation(processor, c) for c in conversations]
+    pixels = [row.pixel_values for row in rows if row.pixel_values is not None]
+    grids = [row.image_grid_thw for row in rows if row.image_grid_thw is not None]
     device = model.device
-    prompt_ids, attention_mask = left_pad(rows, tokenizer.pad_token_id)  # [B, P]
+    prompt_ids, attention_mask = left_pad([row.input_ids for row in rows], processor.tokenizer.pad_token_id)  # [B, P]
     prompt_ids, attention_mask = prompt_ids.to(device), attention_mask.to(device)
     image_token_id = model.config.image_token_id
     types = (prompt_ids == image_token_id).long() & attention_mask.long()  # [B, P], 1 on image placeholders
