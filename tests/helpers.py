@@ -196,3 +196,31 @@ def run_cases(cases: dict[str, tuple[str | None, list[str]]], env: dict[str, str
 def run_dllm_cases(cases: dict[str, list[str]], env: dict[str, str], cwd: Path) -> dict[str, tuple[int, str, str]]:
     """``dllm ARGV`` for each case, in one fresh interpreter (:func:`run_cases`)."""
     return run_cases({name: (None, argv) for name, argv in cases.items()}, env, cwd)
+
+
+# What importing leaves in sys.modules, for the tests that promise an import pulls in no heavy or optional package.
+# Every registered statement runs in ONE fresh interpreter, in the registered order (lightest first), and each
+# footprint is sys.modules after its statement and every one before it: a superset of what the statement alone
+# imports, so a check on it can fail only for more modules, never pass for fewer.
+IMPORT_STEPS: dict[str, tuple[int, str]] = {}
+
+
+def import_step(name: str, order: int, statement: str) -> str:
+    """Register ``statement`` (run ``order``-th, see IMPORT_STEPS) as the footprint ``name``; returns ``name``."""
+    assert IMPORT_STEPS.get(name, (order, statement)) == (order, statement), name
+    IMPORT_STEPS[name] = (order, statement)
+    return name
+
+
+def import_footprints(cwd: Path) -> dict[str, set[str]]:
+    """Every registered step's footprint (the module names in sys.modules after it), from one fresh interpreter."""
+    import subprocess
+    import sys
+
+    steps = sorted(IMPORT_STEPS.items(), key=lambda item: item[1][0])
+    code = "import json, sys\nfootprints = {}\n" + "".join(
+        f"{statement}\nfootprints[{name!r}] = sorted(sys.modules)\n" for name, (_, statement) in steps
+    ) + "print(json.dumps(footprints))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {name: set(modules) for name, modules in json.loads(result.stdout.splitlines()[-1]).items()}

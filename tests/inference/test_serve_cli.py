@@ -13,18 +13,18 @@ from pathlib import Path
 import pytest
 
 from dllm.cli import main as cli_main
-from tests.helpers import run_dllm_cases
+from tests.helpers import import_step, run_dllm_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PACKAGES = ("fastapi", "uvicorn", "starlette", "openai", "gradio")
 
 
-def test_importing_the_verbs_pulls_no_server_package():
-    code = ("import sys, dllm, dllm.cli, dllm.inference, dllm.inference.loading, dllm.inference.sample, "
-            f"dllm.inference.batching\nprint(' '.join(m for m in {SERVER_PACKAGES!r} if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == []
+VERBS_IMPORT = import_step("the verbs", 2, "import dllm, dllm.cli, dllm.inference, dllm.inference.loading, "
+                           "dllm.inference.sample, dllm.inference.batching")
+
+
+def test_importing_the_verbs_pulls_no_server_package(import_footprint):
+    assert [m for m in SERVER_PACKAGES if m in import_footprint[VERBS_IMPORT]] == []
 
 
 def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
