@@ -161,6 +161,7 @@ def test_python_m_adapter_runs_lm_evals_command_line(checkpoint, tmp_path):
     assert written and "dllm_tiny_mc" in json.loads(written[0].read_text())["results"]
 
 
+@pytest.mark.slow
 def test_the_dllm_lm_eval_verb_runs_lm_evals_command_line_with_the_model_by_default(checkpoint, tmp_path, offline,
                                                                                      capsys):
     from dllm.cli import main as cli_main

@@ -91,6 +91,7 @@ def test_jsonl_messages_and_prompt_rows(tiny_checkpoint, reference, tmp_path):
         answer_alone(reference, chat), answer_alone(reference, [{"role": "user", "content": "plain prompt"}])]
 
 
+@pytest.mark.slow
 def test_mistakes_are_one_line_and_exit_status_2(tmp_path, tiny_checkpoint, char_tokenizer):
     no_mask, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, LlamaForCausalLM,
                                                tiny_llama_config(vocab_size=len(char_tokenizer)))

@@ -42,6 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dllm_serve_answers_and_refuses_mistakes(tiny_checkpoint, tmp_path):
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")

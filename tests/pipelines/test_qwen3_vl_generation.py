@@ -160,6 +160,7 @@ def test_position_ids_of_the_wrong_width_are_refused(vl, image):
         generate(model, ids, config, attention_mask=mask, model_kwargs=kwargs)
 
 
+@pytest.mark.slow
 def test_dllm_sample_answers_about_an_image(tmp_path, tiny_vl):
     """``dllm sample CKPT --image PATH "question"`` on a saved tiny Qwen3-VL (with processor and mask token) gives
     the in-process answer, also with the dual cache and guidance; ``--image`` with a text checkpoint, a missing file
