@@ -19,3 +19,14 @@ def char_tokenizer():
     from dllm.demo.tokenizer import build_char_tokenizer
 
     return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def import_footprint():
+    """``name -> the module names imported after the registered import step name`` (tests/helpers.py
+    IMPORT_STEPS), every step measured in one fresh interpreter started once per test run."""
+    from pathlib import Path
+
+    from tests.helpers import import_footprints
+
+    return import_footprints(Path(__file__).resolve().parents[1])

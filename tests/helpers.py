@@ -143,3 +143,84 @@ def served(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+# One interpreter for many command-line cases: each case's stdout and stderr end at a line holding this marker.
+_CASE_END = "@@dllm-case-end@@"
+# A case is [script, argv]: ``python SCRIPT ARGV`` (run as __main__), or ``dllm ARGV`` when script is None. An
+# exception that escapes is printed with its traceback and the status is 1, as a fresh ``python`` would.
+_CASES_DRIVER = f"""
+import json, runpy, sys, traceback
+from dllm.cli import main
+for script, argv in json.loads(sys.stdin.read()):
+    try:
+        if script is None:
+            status = main(argv)
+        else:
+            sys.argv = [script, *argv]
+            runpy.run_path(script, run_name="__main__")
+            status = 0
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+    except Exception:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.write("\\n{_CASE_END}\\n")
+    sys.stderr.flush()
+    print("\\n{_CASE_END}", status, flush=True)
+"""
+
+
+def run_cases(cases: dict[str, tuple[str | None, list[str]]], env: dict[str, str], cwd: Path,
+              timeout: float = 900) -> dict[str, tuple[int, str, str]]:
+    """Each case ``(script, argv)`` (``python SCRIPT ARGV``, or ``dllm ARGV`` when script is None) run one after
+    another in ONE fresh interpreter, without paying the start-up and the imports once per case: per case, its
+    exit status, stdout and stderr."""
+    import subprocess
+    import sys
+
+    names = list(cases)
+    result = subprocess.run([sys.executable, "-c", _CASES_DRIVER], input=json.dumps([cases[n] for n in names]),
+                            capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # stdout: OUT_0, then per case i "\n<marker> STATUS_i\n" OUT_{i+1}; stderr: ERR_i "\n<marker>\n" per case
+    outs = result.stdout.split(f"\n{_CASE_END} ")
+    errs = result.stderr.split(f"\n{_CASE_END}\n")
+    assert len(outs) == len(errs) == len(names) + 1, result.stdout[-3000:] + result.stderr[-3000:]
+    statuses = [int(chunk.partition("\n")[0]) for chunk in outs[1:]]
+    stdouts = [outs[0]] + [chunk.partition("\n")[2] for chunk in outs[1:-1]]
+    return {name: (statuses[i], stdouts[i], errs[i]) for i, name in enumerate(names)}
+
+
+def run_dllm_cases(cases: dict[str, list[str]], env: dict[str, str], cwd: Path) -> dict[str, tuple[int, str, str]]:
+    """``dllm ARGV`` for each case, in one fresh interpreter (:func:`run_cases`)."""
+    return run_cases({name: (None, argv) for name, argv in cases.items()}, env, cwd)
+
+
+# What importing leaves in sys.modules, for the tests that promise an import pulls in no heavy or optional package.
+# Every registered statement runs in ONE fresh interpreter, in the registered order (lightest first), and each
+# footprint is sys.modules after its statement and every one before it: a superset of what the statement alone
+# imports, so a check on it can fail only for more modules, never pass for fewer.
+IMPORT_STEPS: dict[str, tuple[int, str]] = {}
+
+
+def import_step(name: str, order: int, statement: str) -> str:
+    """Register ``statement`` (run ``order``-th, see IMPORT_STEPS) as the footprint ``name``; returns ``name``."""
+    assert IMPORT_STEPS.get(name, (order, statement)) == (order, statement), name
+    IMPORT_STEPS[name] = (order, statement)
+    return name
+
+
+def import_footprints(cwd: Path) -> dict[str, set[str]]:
+    """Every registered step's footprint (the module names in sys.modules after it), from one fresh interpreter."""
+    import subprocess
+    import sys
+
+    steps = sorted(IMPORT_STEPS.items(), key=lambda item: item[1][0])
+    code = "import json, sys\nfootprints = {}\n" + "".join(
+        f"{statement}\nfootprints[{name!r}] = sorted(sys.modules)\n" for name, (_, statement) in steps
+    ) + "print(json.dumps(footprints))\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {name: set(modules) for name, modules in json.loads(result.stdout.splitlines()[-1]).items()}

@@ -26,7 +26,7 @@ from dllm.errors import UsageError
 from dllm.inference.loading import CheckpointArguments, load_checkpoint
 from dllm.sft.config import ModelArguments
 from dllm.sft.recipe import apply_lora, build_model_and_tokenizer, parse_args
-from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, tiny_llama_config
+from tests.helpers import alpaca_fixture, checkpoint_without_mask_token, run_dllm_cases, tiny_llama_config
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON_SHAPE = "expected a JSON array of rows or JSON lines (one object per line)"
@@ -370,7 +370,8 @@ _PROGRESS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO dllm\.(data
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory):
-    """Every command-line case started at once (each is a fresh interpreter), keyed by case."""
+    """Every command-line case, run one after another in one fresh interpreter, keyed by case: ``((status, stdout,
+    stderr), expected stderr line)``."""
     from dllm.demo.tokenizer import build_char_tokenizer
 
     tmp = tmp_path_factory.mktemp("cli")
@@ -380,10 +381,7 @@ def cli_runs(tmp_path_factory):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cases = _cli_cases(tmp, base)
-    processes = {name: subprocess.Popen([sys.executable, "-m", "dllm.cli", *argv], stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-                 for name, (argv, _) in cases.items()}
-    runs = {name: (process, *process.communicate(timeout=600)) for name, process in processes.items()}
+    runs = run_dllm_cases({name: argv for name, (argv, _) in cases.items()}, env, ROOT)
     return {name: (runs[name], cases[name][1]) for name in cases}
 
 
@@ -396,12 +394,12 @@ CLI_CASE_NAMES = ["sft missing model", "sft untrusted code", "sft unknown schedu
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CLI_CASE_NAMES)
 def test_command_line_prints_one_line_and_exits_2(cli_runs, case):
-    (process, out, err), expected = cli_runs[case]
+    (status, out, err), expected = cli_runs[case]
     assert "Traceback" not in err, err
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
     if case == "sft lora targets":
         lines = [line for line in lines if not _PROGRESS.match(line)]
-    assert (process.returncode, lines, out) == (2, [expected], "")
+    assert (status, lines, out) == (2, [expected], "")
 
 
 # =====================================================================================================================

@@ -4,7 +4,13 @@ are meaningless there; the modes, the batches they train on, the ratios and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
+import multiprocessing
+import multiprocessing.forkserver
+import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,7 +50,45 @@ def test_flops_count_the_head_where_it_runs_and_attention_within_documents(bench
         6 * body * 8 + 6 * 256 * 1000 * 0.5 * 6 + 12 * 2 * 256 * (3 * 3 + 4 * 4))
 
 
-def test_a_tiny_run_measures_every_mode_and_packing_removes_padding(bench, tmp_path):
+def _run_script(script: str, argv: list[str]) -> str:
+    """``python SCRIPT ARGV``'s stdout, in a process forked from a forkserver (see :func:`forked_probes`)."""
+    sys.argv = [script, *argv]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(script, run_name="__main__")
+    return out.getvalue()
+
+
+@pytest.fixture
+def forked_probes(bench, monkeypatch):
+    """The benchmark's memory probes (one fresh ``python train_throughput.py --only MODE:VOCAB`` process each) in
+    processes forked from one forkserver that imported torch, transformers and dllm once, started with the
+    environment the benchmark gives its probes: each probe still runs alone in a process that trained nothing
+    before it, without paying the interpreter's start-up and the imports once per mode."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "transformers", "datasets", "dllm.core.trainers.mdlm_trainer",
+                                    "dllm.pipelines.llama3"])
+    probe_env = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # what peak_memory_mib adds to the environment
+    for name, value in probe_env.items():
+        monkeypatch.setenv(name, value)
+    pool = context.Pool(1, maxtasksperchild=1)  # a new forked process for every probe
+    calls = []
+
+    def run(argv, *, env, check, **kwargs):
+        assert argv[:2] == [sys.executable, bench.__file__] and check and probe_env.items() <= env.items()
+        calls.append(argv[argv.index("--only") + 1])
+        return subprocess.CompletedProcess(argv, 0, pool.apply(_run_script, (argv[1], argv[2:])), "")
+
+    monkeypatch.setattr(bench, "subprocess", argparse.Namespace(run=run))
+    try:
+        yield calls
+    finally:
+        pool.close()
+        pool.join()
+        multiprocessing.forkserver._forkserver._stop()  # the next user starts its own, with its own environment
+
+
+def test_a_tiny_run_measures_every_mode_and_packing_removes_padding(bench, tmp_path, forked_probes):
     data = alpaca_fixture(tmp_path / "alpaca.json", n=48)
     result = bench.main(["--data", str(data), "--vocab", "300", "--hidden", "64", "--layers", "1", "--seq", "64",
                          "--batch", "2", "--repeats", "2", "--threads", "1"])
@@ -56,4 +100,5 @@ def test_a_tiny_run_measures_every_mode_and_packing_removes_padding(bench, tmp_p
     assert modes["mdlm_packed"]["padding_fraction"] < 0.2  # ~14-token conversations fill rows of 64
     assert modes["mdlm_packed"]["useful_tokens_over_padded_to_max"] > 1.5
     assert all(m["step_adds_mib"] > 0 for m in modes.values())  # each mode's memory probe ran
+    assert forked_probes == [f"{mode}:300" for mode in modes]  # once each, in its own process
     assert 0 < modes["mdlm_masked_head"]["step_over_ar"] and 0 < modes["mdlm_full_head"]["paired_step_over_ar"]

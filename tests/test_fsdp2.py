@@ -7,7 +7,7 @@ accelerate's TRANSFORMER_BASED_WRAP picks) is its own unit, then the root. It ta
 MDLM loss of :mod:`dllm.core.diffusion` with fixed noise (one global draw from a seeded generator, each rank
 keeps its rows), gathers the full state dict with ``get_model_state_dict(full_state_dict=True,
 cpu_offload=True)`` and saves it on rank 0. The same script with ``--world 1`` and no process group is the
-single-process reference.
+single-process reference. Each of the two launches trains both modes (full fine-tuning, then LoRA).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ TRAIN_SCRIPT = textwrap.dedent('''\
     parser = argparse.ArgumentParser()
     parser.add_argument("--base"); parser.add_argument("--out"); parser.add_argument("--world", type=int)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--modes", nargs="+", choices=["full", "lora"])
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -59,74 +59,82 @@ TRAIN_SCRIPT = textwrap.dedent('''\
         rank = dist.get_rank()
     else:
         rank = 0
-    def load():
-        model = AutoModelForMaskedDiffusion.from_pretrained(args.base, dtype=torch.float32)
-        if args.lora:  # adapters on q/v; B drawn at random (it starts at 0, and A would then get no gradient)
-            from peft import LoraConfig, get_peft_model
-            torch.manual_seed(0)  # LoRA A is drawn from the global RNG: the same A in every process
-            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                                     target_modules=["q_proj", "v_proj"]))
-            g = torch.Generator().manual_seed(1)
-            for name, param in model.named_parameters():
-                if "lora_B" in name:
-                    param.data.copy_(torch.randn(param.shape, generator=g) * 0.1)
-        return model
+    def run(lora, out):
+        """Train with full fine-tuning or LoRA; rank 0 saves the gathered checkpoint and the losses to out."""
+        def load():
+            model = AutoModelForMaskedDiffusion.from_pretrained(args.base, dtype=torch.float32)
+            if lora:  # adapters on q/v; B drawn at random (it starts at 0, and A would then get no gradient)
+                from peft import LoraConfig, get_peft_model
+                torch.manual_seed(0)  # LoRA A is drawn from the global RNG: the same A in every process
+                model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                         target_modules=["q_proj", "v_proj"]))
+                g = torch.Generator().manual_seed(1)
+                for name, param in model.named_parameters():
+                    if "lora_B" in name:
+                        param.data.copy_(torch.randn(param.shape, generator=g) * 0.1)
+            return model
 
-    model = load()
-    model.train()
-    if sharded:
-        units = [m for m in model.modules() if type(m).__name__ in model._no_split_modules]
-        assert len(units) == model.config.num_hidden_layers, units
-        for unit in units:
-            fully_shard(unit, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        local = sum(p.to_local().numel() for p in model.parameters())
-        total = sum(p.numel() for p in model.parameters())
-        assert local < total, (local, total)  # really sharded: this rank holds part of every parameter
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
-    schedule = make_schedule("linear")
-
-    # A fixed global batch of 4 rows and fixed noise; rank r of `world` takes rows [r B, (r + 1) B).
-    g = torch.Generator().manual_seed(0)
-    global_batch, length = 4, 24
-    rows = global_batch // args.world
-    mine = slice(rank * rows, (rank + 1) * rows)
-    vocab = model.config.vocab_size
-    losses = []
-    for step in range(args.steps):
-        input_ids = torch.randint(5, vocab - 1, (global_batch, length), generator=g)  # [B, L]
-        labels = input_ids.clone()
-        labels[:, :6] = -100  # a prompt
-        labels[0, 12:] = -100  # ragged answers: ranks hold different token counts
-        t = sample_t(global_batch, generator=g)  # [B]
-        uniforms = torch.rand(input_ids.shape, generator=g)  # [B, L]
-        noisy, masked = mask_tokens(input_ids, labels, schedule.mask_probability(t), model.config.mask_token_id,
-                                    uniforms=uniforms)
-        num_items = count_loss_items(labels, "token")  # over the global batch
-        logits = model(input_ids=noisy[mine]).logits  # [b, L, V]
-        loss = masked_diffusion_loss(logits, labels[mine], masked[mine], schedule.weight(t[mine]), num_items=num_items)
-        # FSDP2 averages gradients over ranks (reduce-scatter); the global loss is the sum of the ranks' parts.
-        (loss * args.world).backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        total = loss.detach().clone()
+        model = load()
+        model.train()
         if sharded:
-            dist.all_reduce(total)
-        losses.append(total.item())
+            units = [m for m in model.modules() if type(m).__name__ in model._no_split_modules]
+            assert len(units) == model.config.num_hidden_layers, units
+            for unit in units:
+                fully_shard(unit, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            local = sum(p.to_local().numel() for p in model.parameters())
+            total = sum(p.numel() for p in model.parameters())
+            assert local < total, (local, total)  # really sharded: this rank holds part of every parameter
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.01)
+        schedule = make_schedule("linear")
 
-    if sharded:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        state = model.state_dict()
-    if rank == 0:
-        fresh = load()
-        fresh.load_state_dict(state)  # strict: every key of the gathered state dict, full shapes
-        if args.lora:
-            fresh = fresh.merge_and_unload()  # a full checkpoint from_pretrained loads
-        fresh.save_pretrained(args.out)
-        with open(os.path.join(args.out, "losses.json"), "w") as f:
-            json.dump(losses, f)
+        # A fixed global batch of 4 rows and fixed noise; rank r of `world` takes rows [r B, (r + 1) B).
+        g = torch.Generator().manual_seed(0)
+        global_batch, length = 4, 24
+        rows = global_batch // args.world
+        mine = slice(rank * rows, (rank + 1) * rows)
+        vocab = model.config.vocab_size
+        losses = []
+        for step in range(args.steps):
+            input_ids = torch.randint(5, vocab - 1, (global_batch, length), generator=g)  # [B, L]
+            labels = input_ids.clone()
+            labels[:, :6] = -100  # a prompt
+            labels[0, 12:] = -100  # ragged answers: ranks hold different token counts
+            t = sample_t(global_batch, generator=g)  # [B]
+            uniforms = torch.rand(input_ids.shape, generator=g)  # [B, L]
+            noisy, masked = mask_tokens(input_ids, labels, schedule.mask_probability(t), model.config.mask_token_id,
+                                        uniforms=uniforms)
+            num_items = count_loss_items(labels, "token")  # over the global batch
+            logits = model(input_ids=noisy[mine]).logits  # [b, L, V]
+            loss = masked_diffusion_loss(logits, labels[mine], masked[mine], schedule.weight(t[mine]), num_items=num_items)
+            # FSDP2 averages gradients over ranks (reduce-scatter); the global loss is the sum of the ranks' parts.
+            (loss * args.world).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            total = loss.detach().clone()
+            if sharded:
+                dist.all_reduce(total)
+            losses.append(total.item())
+
+        if sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        else:
+            state = model.state_dict()
+        if rank == 0:
+            os.makedirs(out, exist_ok=True)
+            fresh = load()
+            fresh.load_state_dict(state)  # strict: every key of the gathered state dict, full shapes
+            if lora:
+                fresh = fresh.merge_and_unload()  # a full checkpoint from_pretrained loads
+            fresh.save_pretrained(out)
+            with open(os.path.join(out, "losses.json"), "w") as f:
+                json.dump(losses, f)
+        if sharded:
+            dist.barrier()
+
+    for mode in args.modes:  # one launch trains every mode (each from the same base)
+        run(mode == "lora", os.path.join(args.out, mode))
     if sharded:
         dist.barrier()
         dist.destroy_process_group()
@@ -145,25 +153,36 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_fsdp2_two_cpu_processes_match_one_and_save_a_loadable_checkpoint(tmp_path, lora):
-    """Full fine-tuning, and LoRA (frozen and trainable parameters in the same shard units; the gathered
-    adapter state is merged into a full checkpoint)."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The base checkpoint, then both modes (full, lora) trained by the script in one process (the reference) and
+    in one 2-process FSDP2 launch: ``(base, single, sharded)``, with a folder per mode under the last two."""
+    tmp = tmp_path_factory.mktemp("fsdp2")
     tokenizer = build_char_tokenizer()
     torch.manual_seed(0)
-    base = tmp_path / "base"
+    base = tmp / "base"
     config = tiny_llama_config(vocab_size=len(tokenizer), mask_token_id=tokenizer.mask_token_id,
                                num_hidden_layers=3)
     LlamaForCausalLM(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
-    script = tmp_path / "fsdp2_train.py"
+    script = tmp / "fsdp2_train.py"
     script.write_text(TRAIN_SCRIPT)
 
-    single, sharded = tmp_path / "single", tmp_path / "fsdp2"
-    flags = ["--lora"] if lora else []
-    _run([sys.executable, str(script), "--base", str(base), "--out", str(single), "--world", "1", *flags])
+    single, sharded = tmp / "single", tmp / "fsdp2"
+    modes = ["--modes", "full", "lora"]
+    _run([sys.executable, str(script), "--base", str(base), "--out", str(single), "--world", "1", *modes])
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-          "--base", str(base), "--out", str(sharded), "--world", "2", *flags])
+          "--base", str(base), "--out", str(sharded), "--world", "2", *modes])
+    return base, single, sharded
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_fsdp2_two_cpu_processes_match_one_and_save_a_loadable_checkpoint(trained, lora):
+    """Full fine-tuning, and LoRA (frozen and trainable parameters in the same shard units; the gathered
+    adapter state is merged into a full checkpoint)."""
+    base, single, sharded = trained
+    mode = "lora" if lora else "full"
+    single, sharded = single / mode, sharded / mode
 
     want_losses = json.loads((single / "losses.json").read_text())
     got_losses = json.loads((sharded / "losses.json").read_text())

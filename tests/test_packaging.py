@@ -7,29 +7,33 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import import_step
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 OPTIONAL = ("deepspeed", "lm_eval", "peft", "fastapi", "uvicorn", "openai", "gradio", "matplotlib")
 
 
-def imported_optional(statement: str) -> list[str]:
-    code = f"import sys\n{statement}\nprint(' '.join(m for m in {OPTIONAL!r} if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout.split()
+DLLM_IMPORT = import_step("dllm", 1, "import dllm, dllm.data.utils, dllm.pipelines, dllm.cli, dllm.core.models, "
+                          "dllm.auto, dllm.core.sampling, dllm.core.likelihood, dllm.inference.loading, "
+                          "dllm.eval.exact_match")
+# Last: transformers.trainer itself imports peft when it is installed; dllm's trainer must add nothing to that.
+TRANSFORMERS_TRAINER_IMPORT = import_step("transformers.trainer", 4, "import transformers.trainer")
+TRAINER_IMPORT = import_step("dllm's trainer", 5, "import dllm.core.trainers.mdlm_trainer, dllm.sft.recipe")
 
 
-def test_import_dllm_pulls_no_optional_extra():
-    assert imported_optional("import dllm, dllm.data.utils, dllm.pipelines, dllm.cli, dllm.core.models, dllm.auto, "
-                            "dllm.core.sampling, dllm.core.likelihood, dllm.inference.loading, "
-                            "dllm.eval.exact_match") == []
+def imported_optional(footprint: set[str]) -> list[str]:
+    return [m for m in OPTIONAL if m in footprint]
 
 
-def test_trainer_imports_no_optional_extra_beyond_transformers_own():
-    # transformers.trainer itself imports peft when it is installed; dllm must add nothing to that.
-    baseline = set(imported_optional("import transformers.trainer"))
-    assert set(imported_optional("import dllm.core.trainers.mdlm_trainer, dllm.sft.recipe")) <= baseline
+def test_import_dllm_pulls_no_optional_extra(import_footprint):
+    assert imported_optional(import_footprint[DLLM_IMPORT]) == []
+
+
+def test_trainer_imports_no_optional_extra_beyond_transformers_own(import_footprint):
+    baseline = set(imported_optional(import_footprint[TRANSFORMERS_TRAINER_IMPORT]))
+    assert set(imported_optional(import_footprint[TRAINER_IMPORT])) <= baseline
 
 
 @pytest.mark.slow

@@ -283,7 +283,20 @@ def launcher(num_processes: int) -> list[str]:
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
+    return finish_run(start_run(cmd))
+
+
+def start_run(cmd: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+
+
+def finish_run(process: subprocess.Popen) -> subprocess.CompletedProcess:
+    """Wait for ``process`` (started by :func:`start_run`), which must exit 0."""
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()  # only if the wait timed out or was interrupted: exited processes ignore it
+    result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
 
@@ -342,13 +355,17 @@ def test_sigkill_then_resume_matches_uninterrupted_run(workspace, num_processes)
     tmp, max_steps = workspace["tmp"], 8 if num_processes == 1 else 6
     tag = f"x{num_processes}"
     reference = tmp / f"reference_{tag}"
-    ref_result = run([*launcher(num_processes), str(SCRIPT), *run_flags(workspace, reference, max_steps)])
-    assert "eval_loss" in ref_result.stdout + ref_result.stderr
-
+    # The uninterrupted run trains while the other one is started, sleeps between steps and is killed.
+    uninterrupted = start_run([*launcher(num_processes), str(SCRIPT), *run_flags(workspace, reference, max_steps)])
     interrupted = tmp / f"interrupted_{tag}"
     flags = run_flags(workspace, interrupted, max_steps)
-    step = run_killed_between_checkpoints([*launcher(num_processes), str(workspace["slow"]), *flags], interrupted,
-                                          num_processes, max_steps)
+    try:
+        step = run_killed_between_checkpoints([*launcher(num_processes), str(workspace["slow"]), *flags],
+                                              interrupted, num_processes, max_steps)
+    finally:
+        ref_result = finish_run(uninterrupted)
+    assert "eval_loss" in ref_result.stdout + ref_result.stderr
+
     resumed = run([*launcher(num_processes), str(SCRIPT), *flags,
                    "--resume_from_checkpoint", str(interrupted / f"checkpoint-{step}")])
     # It really resumed: only the remaining steps were trained (a run from scratch would end at the same weights,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -31,7 +29,7 @@ from dllm.eval.exact_match import (
     task_examples,
 )
 from dllm.eval.stats import pass_at_k, wilson_interval
-from tests.helpers import save_tiny_masked_lm
+from tests.helpers import import_step, save_tiny_masked_lm
 
 
 def test_normalize_answer_collapses_whitespace_only():
@@ -257,12 +255,11 @@ def test_usage_errors_are_one_line_naming_the_input(checkpoint, capsys, argv, na
     assert code == 2 and last.startswith("dllm eval: ") and named in last
 
 
-def test_importing_the_eval_verb_pulls_no_optional_extra():
-    code = ("import sys, dllm.eval, dllm.eval.exact_match; "
-            "print([m for m in ('lm_eval', 'deepspeed') if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == "[]"
+EVAL_IMPORT = import_step("the eval verb", 3, "import dllm.eval, dllm.eval.exact_match")
+
+
+def test_importing_the_eval_verb_pulls_no_optional_extra(import_footprint):
+    assert [m for m in ("lm_eval", "deepspeed") if m in import_footprint[EVAL_IMPORT]] == []
 
 
 def test_the_lm_eval_verb_without_lm_eval_is_one_line(monkeypatch, capsys):

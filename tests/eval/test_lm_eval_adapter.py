@@ -112,6 +112,14 @@ def write_tasks(folder: Path) -> Path:
     return folder
 
 
+def local_tasks(folder: Path):
+    """lm-eval's task index of ``folder`` alone: indexing its own thousands of task files as well takes 20 s (the
+    command-line tests below go through lm-eval's default index)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(folder), include_defaults=False)
+
+
 TASKS = ["dllm_tiny_gen", "dllm_tiny_mc", "dllm_tiny_rolling"]
 METRICS = {"dllm_tiny_gen": "exact_match,none", "dllm_tiny_mc": "acc,none",
            "dllm_tiny_rolling": "word_perplexity,none"}
@@ -125,11 +133,10 @@ def offline(monkeypatch):
 
 def test_simple_evaluate_runs_every_request_type_offline(checkpoint, tmp_path, offline):
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     tasks = write_tasks(tmp_path)
     results = lm_eval.simple_evaluate(model="dllm", model_args=f"pretrained={checkpoint},device=cpu,num_samples=2",
-                                      tasks=TASKS, task_manager=TaskManager(include_path=str(tasks)), limit=4,
+                                      tasks=TASKS, task_manager=local_tasks(tasks), limit=4,
                                       batch_size=4)
     assert set(TASKS) <= set(results["results"])
     for task, metric in METRICS.items():
@@ -154,6 +161,7 @@ def test_python_m_adapter_runs_lm_evals_command_line(checkpoint, tmp_path):
     assert written and "dllm_tiny_mc" in json.loads(written[0].read_text())["results"]
 
 
+@pytest.mark.slow
 def test_the_dllm_lm_eval_verb_runs_lm_evals_command_line_with_the_model_by_default(checkpoint, tmp_path, offline,
                                                                                      capsys):
     from dllm.cli import main as cli_main
@@ -171,11 +179,10 @@ def test_the_dllm_lm_eval_verb_runs_lm_evals_command_line_with_the_model_by_defa
 
 def test_simple_evaluate_takes_the_model_object(checkpoint, tmp_path, offline):
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     model = DiffusionLM(pretrained=str(checkpoint), device="cpu", batch_size=4, num_samples=2, gen_length=4)
     results = lm_eval.simple_evaluate(model=model, tasks=["dllm_tiny_gen"], limit=2,
-                                      task_manager=TaskManager(include_path=str(write_tasks(tmp_path))))
+                                      task_manager=local_tasks(write_tasks(tmp_path)))
     assert 0 <= results["results"]["dllm_tiny_gen"]["exact_match,none"] <= 1
 
 

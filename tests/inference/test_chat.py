@@ -54,6 +54,7 @@ def test_parse_settings_changes_names_and_refuses_mistakes():
             parse_settings(config, bad)
 
 
+@pytest.mark.slow
 def test_piped_chat_prints_only_the_answers(tiny_checkpoint, loaded):
     config = replace(loaded.generation_config, steps=4)
     expected = generate_text(loaded.model, loaded.tokenizer, ["hello", "abc"], config)
@@ -113,6 +114,7 @@ def highlighted(ansi_screen: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @needs_tmux
 def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_checkpoint, loaded, tmp_path):
     config = replace(loaded.generation_config, steps=4)
@@ -150,6 +152,7 @@ def test_chat_in_a_terminal_shows_the_unmasking_and_the_samplers_answers(tiny_ch
         terminal.close()
 
 
+@pytest.mark.slow
 @needs_tmux
 def test_chat_on_a_demo_checkpoint_uses_its_saved_settings(short_demo_checkpoint, tmp_path):
     """``dllm chat outputs/demo`` with no sampler flag: the saved 7-token canvas, filled one token per step (each step
@@ -222,6 +225,7 @@ def image_conversation_answer(loaded, messages: list[dict], config: DiffusionGen
                                    skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_piped_chat_attaches_an_image_to_the_next_turn(tiny_vl_checkpoint, tmp_path):
     """``/image PATH`` puts the image before the next user turn's text; later turns keep it in the conversation
     (and the prefix cache takes it); ``/reset`` drops it. Answers are the pipeline's own for each conversation."""
@@ -277,6 +281,7 @@ def slow_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 @needs_tmux
 @pytest.mark.parametrize("leave", ["/quit", "C-d"])
 def test_ctrl_c_during_an_answer_then_leaving_exits_cleanly(slow_checkpoint, tmp_path, leave):

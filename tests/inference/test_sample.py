@@ -4,8 +4,7 @@ user mistake is one line on stderr and exit status 2 (the command run as a proce
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from dllm.auto import AutoModelForMaskedDiffusion
 from dllm.cli import main as cli_main
 from dllm.core.sampling import DiffusionGenerationConfig, generate, generate_text, with_tokenizer_ids
-from tests.helpers import checkpoint_without_mask_token, tiny_llama_config
+from tests.helpers import checkpoint_without_mask_token, run_dllm_cases, tiny_llama_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,11 +91,7 @@ def test_jsonl_messages_and_prompt_rows(tiny_checkpoint, reference, tmp_path):
         answer_alone(reference, chat), answer_alone(reference, [{"role": "user", "content": "plain prompt"}])]
 
 
-def run_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dllm.cli", "sample", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
+@pytest.mark.slow
 def test_mistakes_are_one_line_and_exit_status_2(tmp_path, tiny_checkpoint, char_tokenizer):
     no_mask, _ = checkpoint_without_mask_token(tmp_path, char_tokenizer, LlamaForCausalLM,
                                                tiny_llama_config(vocab_size=len(char_tokenizer)))
@@ -104,22 +99,21 @@ def test_mistakes_are_one_line_and_exit_status_2(tmp_path, tiny_checkpoint, char
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": oops}\n')
     (tmp_path / "shape.jsonl").write_text('{"prompt": "ok"}\n\n{"messages": []}\n')
     ckpt = str(tiny_checkpoint)
-    cases = {  # started together: each pays the interpreter's start-up, not one after another
-        f"{tmp_path / 'missing'}: no such checkpoint folder": run_cli(str(tmp_path / "missing"), "hi"),
+    cases = {  # one fresh interpreter runs them all: the start-up is paid once, not once per case
+        f"{tmp_path / 'missing'}: no such checkpoint folder": [str(tmp_path / "missing"), "hi"],
         f"{no_mask}: no mask token (the tokenizer has none and config.json has no mask_token_id); is it a "
-        "masked diffusion checkpoint (dllm sft)?": run_cli(str(no_mask), "hi"),
-        f"{tmp_path / 'empty.txt'}: no prompts (the file is empty)":
-            run_cli(ckpt, "--prompt_file", str(tmp_path / "empty.txt")),
+        "masked diffusion checkpoint (dllm sft)?": [str(no_mask), "hi"],
+        f"{tmp_path / 'empty.txt'}: no prompts (the file is empty)": [ckpt, "--prompt_file", str(tmp_path / "empty.txt")],
         f"{tmp_path / 'bad.jsonl'}, line 2: not valid JSON (Expecting value)":
-            run_cli(ckpt, "--prompt_file", str(tmp_path / "bad.jsonl")),
+            [ckpt, "--prompt_file", str(tmp_path / "bad.jsonl")],
         f'{tmp_path / "shape.jsonl"}, line 3: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}} or '
-        '{"prompt": "..."}': run_cli(ckpt, "--prompt_file", str(tmp_path / "shape.jsonl")),
-        "no prompts: give them as arguments or with --prompt_file": run_cli(ckpt),
-        "--steps must be at most gen_length (8), got 9": run_cli(ckpt, "hi", "--steps", "9"),
+        '{"prompt": "..."}': [ckpt, "--prompt_file", str(tmp_path / "shape.jsonl")],
+        "no prompts: give them as arguments or with --prompt_file": [ckpt],
+        "--steps must be at most gen_length (8), got 9": [ckpt, "hi", "--steps", "9"],
     }
-    for message, process in cases.items():
-        out, err = process.communicate(timeout=300)
-        assert (process.returncode, err.splitlines(), out) == (2, [f"dllm sample: {message}"], ""), message
+    runs = run_dllm_cases({message: ["sample", *argv] for message, argv in cases.items()}, dict(os.environ), ROOT)
+    for message, (status, out, err) in runs.items():
+        assert (status, err.splitlines(), out) == (2, [f"dllm sample: {message}"], ""), message
 
 
 def test_help_lists_the_sampler_flags(capsys):

@@ -3,6 +3,7 @@ extra is missing, and importing the command line pulls in no server package."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,17 +13,18 @@ from pathlib import Path
 import pytest
 
 from dllm.cli import main as cli_main
+from tests.helpers import import_step, run_dllm_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_PACKAGES = ("fastapi", "uvicorn", "starlette", "openai", "gradio")
 
 
-def test_importing_the_verbs_pulls_no_server_package():
-    code = ("import sys, dllm, dllm.cli, dllm.inference, dllm.inference.loading, dllm.inference.sample, "
-            f"dllm.inference.batching\nprint(' '.join(m for m in {SERVER_PACKAGES!r} if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == []
+VERBS_IMPORT = import_step("the verbs", 2, "import dllm, dllm.cli, dllm.inference, dllm.inference.loading, "
+                           "dllm.inference.sample, dllm.inference.batching")
+
+
+def test_importing_the_verbs_pulls_no_server_package(import_footprint):
+    assert [m for m in SERVER_PACKAGES if m in import_footprint[VERBS_IMPORT]] == []
 
 
 def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
@@ -40,6 +42,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_dllm_serve_answers_and_refuses_mistakes(tiny_checkpoint, tmp_path):
     httpx = pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
@@ -56,12 +59,11 @@ def test_dllm_serve_answers_and_refuses_mistakes(tiny_checkpoint, tmp_path):
         f"--allowed_local_media_path {tmp_path / 'nowhere'}: no such folder":
             [str(tiny_checkpoint), "--allowed_local_media_path", str(tmp_path / "nowhere")],
     }
-    refused = {message: subprocess.Popen([*command, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE) for message, args in mistakes.items()}
-    try:
-        for message, process in refused.items():
-            out, err = process.communicate(timeout=300)
-            assert (process.returncode, err.splitlines()[-1:], out) == (2, [f"dllm serve: {message}"], ""), err
+    try:  # the mistakes in one fresh interpreter while the server starts
+        refused = run_dllm_cases({message: ["serve", *args] for message, args in mistakes.items()}, dict(os.environ),
+                                 ROOT)
+        for message, (status, out, err) in refused.items():
+            assert (status, err.splitlines()[-1:], out) == (2, [f"dllm serve: {message}"], ""), err
             assert "Traceback" not in err
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 300
         while True:

@@ -160,25 +160,19 @@ def test_position_ids_of_the_wrong_width_are_refused(vl, image):
         generate(model, ids, config, attention_mask=mask, model_kwargs=kwargs)
 
 
-def _run_sample(*args: str):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    return subprocess.Popen([sys.executable, "-m", "dllm.cli", "sample", *args], text=True,
-                            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
+@pytest.mark.slow
 def test_dllm_sample_answers_about_an_image(tmp_path, tiny_vl):
     """``dllm sample CKPT --image PATH "question"`` on a saved tiny Qwen3-VL (with processor and mask token) gives
     the in-process answer, also with the dual cache and guidance; ``--image`` with a text checkpoint, a missing file
     or an http URL is one line, status 2."""
     import json
+    import os
+    from pathlib import Path
 
     from transformers import AutoProcessor
 
     from dllm.auto import AutoModelForMaskedDiffusion
-    from tests.helpers import save_tiny_masked_lm
+    from tests.helpers import run_dllm_cases, save_tiny_masked_lm
 
     model, processor = tiny_vl
     ckpt = tmp_path / "vl"
@@ -190,23 +184,23 @@ def test_dllm_sample_answers_about_an_image(tmp_path, tiny_vl):
     questions = ["What is it?", "Which colour is the top left corner?"]
     flags = ["--gen_length", "8", "--steps", "4", "--block_size", "4", "--device", "cpu"]
     settings = {"none": {}, "dual": {"cache": "dual", "cfg_scale": 1.0}}
-    runs = {  # started together: each pays the interpreter's start-up, not one after another
-        **{name: _run_sample(str(ckpt), "--image", str(image_path), *questions, *flags,
-                             *[f"--{k}={v}" for k, v in change.items()], "--output", str(tmp_path / f"{name}.jsonl"))
+    runs = {  # one fresh interpreter runs them all: the start-up is paid once, not once per case
+        **{name: [str(ckpt), "--image", str(image_path), *questions, *flags,
+                  *[f"--{k}={v}" for k, v in change.items()], "--output", str(tmp_path / f"{name}.jsonl")]
            for name, change in settings.items()},
         f"{text_ckpt}: --image needs a vision-language checkpoint (model_type 'qwen3_vl'); this one is model_type "
-        "'llama' and takes text only": _run_sample(str(text_ckpt), "--image", str(image_path), "hi"),
-        f"{tmp_path / 'missing.png'}: no such image file":
-            _run_sample(str(ckpt), "--image", str(tmp_path / "missing.png"), "hi"),
+        "'llama' and takes text only": [str(text_ckpt), "--image", str(image_path), "hi"],
+        f"{tmp_path / 'missing.png'}: no such image file": [str(ckpt), "--image", str(tmp_path / "missing.png"), "hi"],
         "http://example.com/cat.png: http URLs are not fetched; send the image inline as a data URL "
-        "(data:image/png;base64,...)": _run_sample(str(ckpt), "--image", "http://example.com/cat.png", "hi"),
+        "(data:image/png;base64,...)": [str(ckpt), "--image", "http://example.com/cat.png", "hi"],
     }
-    for message, process in runs.items():
-        out, err = process.communicate(timeout=300)
+    done = run_dllm_cases({message: ["sample", *argv] for message, argv in runs.items()}, dict(os.environ),
+                          Path(__file__).resolve().parents[2])
+    for message, (status, out, err) in done.items():
         if message in settings:
-            assert process.returncode == 0, err
+            assert status == 0, err
             continue
-        assert (process.returncode, err.splitlines(), out) == (2, [f"dllm sample: {message}"], ""), message
+        assert (status, err.splitlines(), out) == (2, [f"dllm sample: {message}"], ""), message
 
     loaded = AutoModelForMaskedDiffusion.from_pretrained(ckpt).eval()
     reprocessor = AutoProcessor.from_pretrained(ckpt)

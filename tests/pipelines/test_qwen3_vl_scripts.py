@@ -14,6 +14,7 @@ pytest.importorskip("torchvision", reason="Qwen3-VL's image processor needs torc
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_setup_script_passes():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "test_qwen3_vl_setup.py")], capture_output=True,
                             text=True, timeout=300, cwd=ROOT)

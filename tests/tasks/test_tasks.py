@@ -25,6 +25,7 @@ from dllm.tasks import (
     tasks_named,
 )
 from dllm.tasks.sudoku import count_solutions, is_solution
+from tests.helpers import import_step
 
 
 def _reachable(numbers: list[Fraction]) -> set[Fraction]:
@@ -142,12 +143,14 @@ def test_reward_functions_take_trl_batches():
     assert task_reward(sort)(None, ["123 ", "321"], answer=["123", "123"]) == [1.0, 0.0]
 
 
-def test_task_sets_and_importing_pulls_no_heavy_package():
+TASKS_IMPORT = import_step("dllm.tasks", 0, "import dllm.tasks")  # first: every other step imports torch
+
+
+def test_task_sets_and_importing_pulls_no_heavy_package(import_footprint):
     assert set(TASK_SETS) == {"demo", "countdown", "sudoku"}
     with pytest.raises(KeyError, match="countdown"):
         tasks_named("gsm8k")
-    code = "import sys, dllm.tasks; print([m for m in ('torch', 'transformers') if m in sys.modules])"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+    assert [m for m in ("torch", "transformers") if m in import_footprint[TASKS_IMPORT]] == []
 
 
 def test_seeded_sampling_is_stable_across_processes():
