@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens_per_step", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip_training", action="store_true")
+    parser.add_argument("--skip_decoding", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="A tiny model, short answers, one repetition.")
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.skip_training:
         result["training_step"] = training_step(args)
         print(json.dumps(result["training_step"]), flush=True)
-    result["decoding"] = decoding(args)
+    if not args.skip_decoding:
+        result["decoding"] = decoding(args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
