@@ -9,6 +9,10 @@ against MDLM's prefix and dual caches doing the same work. Random weights (speed
    setting: ``block`` (the model marked block-diffusion) against ``prefix`` and ``dual`` (the same weights as an
    MDLM model). Goal: block >= 2x prefix at 256 tokens.
 
+Every number is the median of ``--repeats`` (at least 5 for a reported table) repetitions *interleaved* across the
+settings it compares (repetition r of every setting, then r + 1), after one warm-up of each, so a load that comes
+and goes on a shared machine hits the settings alike. ``--smoke``: a tiny model and one repetition (the test).
+
     flock /work/cpu.lock python benchmarks/bd3lm.py --output bd3lm.json
 """
 
@@ -18,8 +22,10 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
+from typing import Callable
 
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -43,14 +49,17 @@ def build(args: argparse.Namespace, block_diffusion: bool) -> torch.nn.Module:
     return model
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each of ``runs``: one warm-up each, then ``repeats`` rounds that run every one once."""
+    for run in runs.values():
         run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            began = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def training_step(args: argparse.Namespace) -> dict[str, float]:
@@ -59,7 +68,7 @@ def training_step(args: argparse.Namespace) -> dict[str, float]:
     labels = ids.clone()
     labels[:, : args.train_length // 4] = -100  # a quarter prompt
     batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
-    seconds = {}
+    steps = {}
     with tempfile.TemporaryDirectory() as folder:
         for objective, (config_cls, trainer_cls) in OBJECTIVES.items():
             model = build(args, block_diffusion=False).train()
@@ -67,11 +76,12 @@ def training_step(args: argparse.Namespace) -> dict[str, float]:
             trainer = trainer_cls(model=model, args=config_cls(output_dir=folder, use_cpu=True, report_to="none",
                                                                **extra))
 
-            def step() -> None:
+            def step(trainer=trainer, model=model) -> None:
                 model.zero_grad()
                 trainer.compute_loss(model, dict(batch)).backward()
 
-            seconds[objective] = median_seconds(step, args.repeats)
+            steps[objective] = step
+        seconds = interleaved_medians(steps, args.repeats)
     return {"mdlm_s": seconds["mdlm"], "bd3lm_s": seconds["bd3lm"], "ratio": seconds["bd3lm"] / seconds["mdlm"]}
 
 
@@ -84,10 +94,12 @@ def decoding(args: argparse.Namespace) -> list[dict[str, float | int | str]]:
         prompt = torch.randint(4, args.vocab, (batch, args.prompt_length), generator=g)
         for gen_length in args.gen_lengths:
             row: dict[str, float | int | str] = {"batch": batch, "gen_length": gen_length}
+            runs = {}
             for cache, model in models.items():
                 config = DiffusionGenerationConfig(gen_length=gen_length, steps=gen_length // args.tokens_per_step,
                                                    block_size=args.block_size, cache=cache, mask_token_id=MASK_ID)
-                seconds = median_seconds(lambda: generate(model, prompt, config), args.repeats)  # noqa: B023
+                runs[cache] = lambda model=model, config=config: generate(model, prompt, config)
+            for cache, seconds in interleaved_medians(runs, args.repeats).items():
                 row[f"{cache}_tokens_per_s"] = batch * gen_length / seconds
             row["block_over_prefix"] = row["block_tokens_per_s"] / row["prefix_tokens_per_s"]
             row["block_over_dual"] = row["block_tokens_per_s"] / row["dual_tokens_per_s"]
@@ -96,7 +108,17 @@ def decoding(args: argparse.Namespace) -> list[dict[str, float | int | str]]:
     return rows
 
 
-def main() -> None:
+def cpu_model() -> str:
+    """``lscpu``'s model name (the platform's processor string where there is no lscpu)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name:")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -108,20 +130,26 @@ def main() -> None:
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--gen_lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--tokens_per_step", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip_training", action="store_true")
+    parser.add_argument("--skip_decoding", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="A tiny model, short answers, one repetition.")
     parser.add_argument("--output", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.hidden, args.layers, args.vocab, args.block_size, args.train_batch, args.train_length = 64, 1, 64, 4, 2, 16
+        args.prompt_length, args.batch_sizes, args.gen_lengths, args.repeats = 4, [1, 2], [8, 16], 1
     torch.set_num_threads(1)
-    result = {"machine": f"{platform.processor() or platform.machine()}, 1 torch thread, torch {torch.__version__}",
-              "args": vars(args)}
+    result = {"machine": f"{cpu_model()}, 1 torch thread, torch {torch.__version__}", "args": vars(args)}
     if not args.skip_training:
         result["training_step"] = training_step(args)
         print(json.dumps(result["training_step"]), flush=True)
-    result["decoding"] = decoding(args)
+    if not args.skip_decoding:
+        result["decoding"] = decoding(args)
     if args.output:
         with open(args.output, "w") as f:
             json.dump(result, f, indent=2)
+    return result
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ and merges it with ``merge_and_unload``. ``OUT`` then holds a checkpoint that
 the adapter model's. A vision-language checkpoint (Qwen3-VL) also gets its processor (image processor and chat
 template, with the adapter's tokenizer), from ADAPTER when it holds one, else from BASE, so ``AutoProcessor`` loads
 ``OUT`` and ``dllm sample --image`` works; a text-only BASE gets the tokenizer alone.
+
+A block-diffusion adapter (``dllm sft --objective bd3lm --lora True``) carries its objective and block size in
+``dllm_objective.json`` (an adapter folder has no ``config.json``); the merged ``config.json`` gets them
+(``dllm_objective``, ``dllm_block_size``), so every verb decodes ``OUT`` block by block with its exact cache. An
+adapter saved before that file existed is recognised by its sampler defaults (``cache="block"`` and their block
+size). ``OUT`` gets the adapter's sampler defaults, or, for a block-diffusion adapter without them, the defaults
+such a checkpoint saves (``cache="block"``, its block size).
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from transformers import PreTrainedModel
 
 from dllm.auto import AutoModelForMaskedDiffusion, load_processor, load_tokenizer
 from dllm.core.models.masked_lm import add_mask_token
-from dllm.core.sampling import GENERATION_CONFIG_NAME
+from dllm.core.models.masked_lm import set_block_diffusion
+from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig, generation_defaults
+from dllm.core.trainers.bd3lm_trainer import read_objective_file
 from dllm.errors import UsageError
 from dllm.options import DTYPES, torch_dtype
 from dllm.sft.checkpoints import check_writable, refuse_model_folders
@@ -173,6 +182,34 @@ def _load_processor(adapter: Path, base: str, tokenizer: Any, trust_remote_code:
     return processor
 
 
+def adapter_block_size(adapter: Path) -> int | None:
+    """The block size of a block-diffusion adapter, ``None`` for an MDLM one: from its ``dllm_objective.json``, or,
+    for an adapter saved without it, from its sampler defaults when they name the block cache.
+
+    Raises:
+        UsageError: a ``dllm_objective.json`` or sampler defaults that cannot be read.
+    """
+    try:
+        block_size = read_objective_file(adapter)
+        if block_size is not None or not (adapter / GENERATION_CONFIG_NAME).is_file():
+            return block_size
+        defaults = DiffusionGenerationConfig.from_pretrained(adapter)
+    except ValueError as err:  # json's errors and SamplerSettingError are ValueErrors
+        raise UsageError(f"{adapter}: {err}") from err
+    return defaults.block_size if defaults.cache == "block" else None
+
+
+def save_sampler_defaults(adapter: Path, out: Path, merged: PreTrainedModel) -> None:
+    """Copy the adapter's sampler defaults to ``out``; without them, a block-diffusion model gets the defaults its
+    checkpoint would have saved (its exact block cache and block size)."""
+    saved = adapter / GENERATION_CONFIG_NAME  # the sampler defaults dllm sft saves beside the adapter
+    if saved.is_file():
+        if saved.resolve() != (out / GENERATION_CONFIG_NAME).resolve():
+            shutil.copyfile(saved, out / GENERATION_CONFIG_NAME)
+    elif adapter_block_size(adapter) is not None:
+        generation_defaults(merged.config).save_pretrained(out)
+
+
 def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bool = False, dtype: str = "auto",
                trust_remote_code: bool = False) -> PreTrainedModel:
     """Merge ``adapter`` into ``base`` and save the model and tokenizer (and the processor of a vision-language
@@ -190,6 +227,7 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
     check_output(out, adapter, base, overwrite)
     adapter = Path(adapter)
     note_other_base(adapter_config, adapter, base)
+    block_size = adapter_block_size(adapter)  # before any loading: a malformed file is refused first
     has_tokenizer = any((adapter / name).is_file() for name in _TOKENIZER_FILES)
     tokenizer = load_tokenizer(str(adapter) if has_tokenizer else base, trust_remote_code)
     model = AutoModelForMaskedDiffusion.from_pretrained(
@@ -211,12 +249,12 @@ def merge_lora(base: str, adapter: str | Path, out: str | Path, *, overwrite: bo
         raise UsageError(f"{adapter}: does not fit BASE {base} ({' '.join(str(err).split())[:300]})") from err
     check_adapter_fits(peft_model, adapter, base)
     merged = peft_model.merge_and_unload()
+    if block_size is not None:  # as the trainer marked the model it trained
+        set_block_diffusion(merged.config, block_size)
     Path(out).mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out)
     (processor if processor is not None else tokenizer).save_pretrained(out)  # a processor saves its tokenizer
-    saved = adapter / GENERATION_CONFIG_NAME  # the sampler defaults dllm sft saves beside the adapter
-    if saved.is_file() and saved.resolve() != (Path(out) / GENERATION_CONFIG_NAME).resolve():
-        shutil.copyfile(saved, Path(out) / GENERATION_CONFIG_NAME)
+    save_sampler_defaults(adapter, Path(out), merged)
     return merged
 
 

@@ -340,7 +340,9 @@ def block_diffusion_forward(model: torch.nn.Module, base: PreTrainedModel, noisy
     copy's positions. With ``masked`` [B, L] the output head runs on the noisy copy's masked positions alone
     (``logits`` [N, V] in the row-major order of ``masked``), and the noisy copy starts at the first block holding a
     masked position (:func:`first_noisy_column`): an earlier block's noisy copy would be read by nothing (no loss,
-    and no query sees another block's noisy tokens). Without it, ``logits`` is [B, L, V].
+    and no query sees another block's noisy tokens); and the clean copy stops where the block holding the last masked
+    position begins (:func:`clean_context_end`): a noisy block reads only the clean blocks before it, so later clean
+    tokens would be read by no query that has a loss. Without it, ``logits`` is [B, L, V].
     """
     inputs = dict(inputs)
     documents = inputs.pop("document_ids", None)  # [B, L] packed rows
@@ -349,15 +351,20 @@ def block_diffusion_forward(model: torch.nn.Module, base: PreTrainedModel, noisy
     if positions is None:
         positions = torch.arange(noisy_ids.shape[1], device=noisy_ids.device).expand_as(noisy_ids) \
             if attention is None else (attention.long().cumsum(dim=-1) - 1).clamp_min(0)  # [B, L]
-    start = 0 if masked is None else first_noisy_column(masked, positions, block_diffusion_size(base.config))
-    both = lambda x: None if x is None else torch.cat([x[:, start:], x], dim=1)  # noqa: E731  [B, L' + L]
+    start, stop = 0, noisy_ids.shape[1]
+    if masked is not None:
+        block_size = block_diffusion_size(base.config)
+        start = first_noisy_column(masked, positions, block_size)
+        stop = clean_context_end(masked, positions, block_size)
+    both = lambda x: None if x is None else torch.cat([x[:, start:], x[:, :stop]], dim=1)  # noqa: E731  [B, L' + S]
     clean = torch.cat([torch.zeros_like(noisy_ids[:, start:], dtype=torch.bool),
-                       torch.ones_like(noisy_ids, dtype=torch.bool)], dim=1)  # [B, L' + L], True on x_0
+                       torch.ones_like(noisy_ids[:, :stop], dtype=torch.bool)], dim=1)  # [B, L' + S], True on x_0
     mask = block_diffusion_attention_mask(base.config, both(positions), base.dtype, clean=clean,
                                           documents=both(documents), padding=both(attention))
     if masked is not None:
-        inputs["logits_mask"] = torch.cat([masked[:, start:], torch.zeros_like(masked)], dim=1)  # [B, L' + L]
-    outputs = model(input_ids=torch.cat([noisy_ids[:, start:], clean_ids], dim=1), attention_mask=mask,
+        inputs["logits_mask"] = torch.cat([masked[:, start:], torch.zeros_like(masked[:, :stop])],
+                                          dim=1)  # [B, L' + S]
+    outputs = model(input_ids=torch.cat([noisy_ids[:, start:], clean_ids[:, :stop]], dim=1), attention_mask=mask,
                     position_ids=both(positions), **inputs)
     if masked is None:
         outputs.logits = outputs.logits[:, : noisy_ids.shape[1]]  # [B, L, V]
@@ -371,6 +378,16 @@ def first_noisy_column(masked: torch.Tensor, positions: torch.Tensor, block_size
     first = masked.long().argmax(dim=1)  # [B]: the first masked column (argmax returns the first maximum)
     opens = first - positions.gather(1, first[:, None]).squeeze(1) % block_size  # [B]: where its block begins
     return int(torch.where(has, opens, masked.shape[1]).min()) if bool(has.any()) else 0
+
+
+def clean_context_end(masked: torch.Tensor, positions: torch.Tensor, block_size: int) -> int:
+    """The first column of the latest block, over the rows of ``masked`` [B, L], that holds a masked position: the
+    clean context a masked position reads ends there (blocks of ``positions // block_size``); 0 when nothing is
+    masked. One host sync."""
+    has = masked.any(dim=1)  # [B]
+    last = masked.shape[1] - 1 - masked.flip(1).long().argmax(dim=1)  # [B]: the last masked column
+    opens = last - positions.gather(1, last[:, None]).squeeze(1) % block_size  # [B]: where its block begins
+    return int(torch.where(has, opens, 0).max())
 
 
 _MASKED_LM_CLASSES: dict[type, type] = {}

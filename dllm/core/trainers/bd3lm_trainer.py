@@ -24,21 +24,65 @@ Choices, stated once:
   covering the sequence the MDLM loss exactly (same draws, same masks).
 - **Attention kernels**: the mask is built by transformers' own builder from mask functions, so eager, SDPA and
   flex attention take it; flash-attention takes no such mask and is refused in one line.
+- **A LoRA adapter saved alone** (``adapter_config.json`` and the LoRA weights, no ``config.json``: what DeepSpeed
+  and FSDP runs keep) gets :data:`OBJECTIVE_FILE` beside it, the objective and block size its ``config.json``
+  would carry, so ``dllm merge-lora`` marks the merged checkpoint block-diffusion (:func:`read_objective_file`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import TrainingArguments
 
-from dllm.core.models.masked_lm import block_diffusion_forward, set_block_diffusion
+from dllm.core.models.masked_lm import (
+    BLOCK_DIFFUSION,
+    BLOCK_SIZE_KEY,
+    OBJECTIVE_KEY,
+    block_diffusion_forward,
+    set_block_diffusion,
+)
 from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+# Written beside a LoRA adapter (which has no config.json): the config.json keys that make the model block-diffusion.
+OBJECTIVE_FILE = "dllm_objective.json"
+
+
+def write_objective_file(folder: str | Path, block_size: int) -> Path:
+    """Write :data:`OBJECTIVE_FILE` into ``folder``: ``{"dllm_objective": "bd3lm", "dllm_block_size": B}``."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    path = Path(folder) / OBJECTIVE_FILE
+    path.write_text(json.dumps({OBJECTIVE_KEY: BLOCK_DIFFUSION, BLOCK_SIZE_KEY: block_size}, indent=2) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def read_objective_file(folder: str | Path) -> int | None:
+    """The block size :data:`OBJECTIVE_FILE` in ``folder`` records; ``None`` when there is no such file.
+
+    Raises:
+        ValueError: the file is not that JSON object (names the file and what was wrong).
+    """
+    path = Path(folder) / OBJECTIVE_FILE
+    if not path.is_file():
+        return None
+    try:
+        mark = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not JSON ({err})") from err
+    block_size = mark.get(BLOCK_SIZE_KEY) if isinstance(mark, dict) else None
+    if not isinstance(mark, dict) or mark.get(OBJECTIVE_KEY) != BLOCK_DIFFUSION or isinstance(block_size, bool) \
+            or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"{path}: expected {{\"{OBJECTIVE_KEY}\": \"{BLOCK_DIFFUSION}\", \"{BLOCK_SIZE_KEY}\": "
+                         f"<positive integer>}}, got {json.dumps(mark)[:200]}")
+    return block_size
 
 
 @dataclass
@@ -77,6 +121,13 @@ class BD3LMTrainer(MDLMTrainer):
     def _base_model(self) -> torch.nn.Module:
         unwrapped = self.accelerator.unwrap_model(self.model)
         return unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's save; a LoRA model (whose adapter folder gets no ``config.json``) also gets
+        :data:`OBJECTIVE_FILE`, on the process that writes (also in every ``checkpoint-N``)."""
+        super().save_model(output_dir, _internal_call=_internal_call)
+        if self.args.should_save and self._base_model() is not self.accelerator.unwrap_model(self.model):
+            write_objective_file(output_dir if output_dir is not None else self.args.output_dir, self.args.block_size)
 
     def _denoise(self, model: torch.nn.Module, input_ids: torch.Tensor, noisy_ids: torch.Tensor,
                  masked: torch.Tensor, inputs: dict[str, Any], *, select: bool) -> Any:
