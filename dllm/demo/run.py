@@ -91,9 +91,11 @@ _IMPORTED = time.time()
 class DemoArguments:
     """What the demo trains on, for how long, and how it is evaluated."""
 
-    train_minutes: float = field(
-        default=8.0, metadata={"help": "Wall-clock cap on training in minutes. Training stops at --max_steps or at "
-                               "this cap, whichever comes first; the learning-rate schedule spans the one that binds."}
+    train_minutes: float | None = field(
+        default=None, metadata={"help": "Wall-clock cap on training in minutes (default: 8 for mdlm, 16 for bd3lm, "
+                                "whose step costs about 1.6x: 8000 steps took 11.5 min on a loaded 2-core machine). "
+                                "Training stops at --max_steps or at this cap, whichever comes first; the "
+                                "learning-rate schedule spans the one that binds."}
     )
     threads: int = field(
         default=1, metadata={"help": "torch CPU threads (0: torch's default, one per core). One is the default: "
@@ -142,6 +144,15 @@ class DemoArguments:
         default=1.0, metadata={"help": "Also report held-out exact match (50 prompts per task) during training "
                                "every N minutes (0: only at the end); that time is not charged to the budget."}
     )
+
+    def __post_init__(self) -> None:
+        if self.train_minutes is None:
+            self.train_minutes = DEFAULT_TRAIN_MINUTES[self.objective]
+
+
+# The wall-clock cap per objective: what each needed for >= 98% held-out exact match on the 2-core development
+# machine (docs/demos.md; a bd3lm step costs about 1.6x an mdlm one).
+DEFAULT_TRAIN_MINUTES = {"mdlm": 8.0, "bd3lm": 16.0}
 
 
 @dataclass

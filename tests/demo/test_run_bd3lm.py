@@ -12,7 +12,9 @@ from dllm.demo.run import main, parse_arguments
 
 def test_the_demo_defaults_blocks_of_8_for_bd3lm_only():
     args, train_args = parse_arguments(["--objective", "bd3lm", "--no_plot"])
-    assert (args.objective, train_args.block_size) == ("bd3lm", 8)
+    assert (args.objective, train_args.block_size, args.train_minutes) == ("bd3lm", 8, 16.0)
+    args, _ = parse_arguments(["--objective", "bd3lm", "--no_plot", "--train_minutes", "3"])
+    assert args.train_minutes == 3.0  # a given cap wins over the objective's default
     args, train_args = parse_arguments(["--no_plot"])
     assert (args.objective, args.train_minutes, train_args.max_steps) == ("mdlm", 8.0, 8000)
 
