@@ -145,3 +145,21 @@ def test_a_document_sees_its_neighbours_only_under_concat(packing):
         torch.testing.assert_close(inside, alone, atol=1e-5, rtol=1e-5)
     else:
         assert (inside - alone).abs().max() > 1e-3
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(base, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dllm.core.trainers.mdlm_trainer import MDLMTrainer
+
+    checkpoint, corpus = base
+    common = ["--model_name_or_path", str(checkpoint), "--dataset_args", str(corpus), "--max_steps", "4", *FLAGS,
+              "--save_strategy", "steps", "--save_steps", "2"]
+    run(None, [*common, "--output_dir", str(tmp_path / "whole")], mode="pt")
+    steps, step = [], MDLMTrainer.training_step
+    monkeypatch.setattr(MDLMTrainer, "training_step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k))
+    run(None, [*common, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint",
+               str(tmp_path / "whole" / "checkpoint-2")], mode="pt")
+    assert len(steps) == 2  # steps 3 and 4 only: the first two come from the checkpoint
+    whole, again = (load_file(tmp_path / run_dir / "model.safetensors") for run_dir in ("whole", "resumed"))
+    assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
