@@ -256,7 +256,7 @@ def load_hub_splits(hub_id: str, streaming: bool = False) -> dict[str, Dataset]:
     """The ``train`` (required) and ``test`` splits of a hub dataset, via ``datasets.load_dataset`` (``streaming``:
     ``IterableDataset`` splits, read as they are iterated)."""
     try:
-        loaded = datasets.load_dataset(hub_id, streaming=streaming)
+        loaded = datasets.load_dataset(hub_id, **({"streaming": True} if streaming else {}))
     except (ConnectionError, FileNotFoundError) as err:  # offline, unknown id, no access (DatasetNotFoundError)
         detail = " ".join(str(err).split())
         raise UsageError(f"{hub_id}: not a local file or folder, and not a loadable Hugging Face Hub dataset "

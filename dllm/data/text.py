@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import datasets
-import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, concatenate_datasets
 
 from dllm.data.loading import (
@@ -252,9 +251,10 @@ def crop_rows(rows: Mapping[str, list], indices: list[int], *, fraction: float, 
 
 
 def _log_counts(name: str, documents: Dataset, rows: Dataset, max_seq_length: int, packing: str) -> None:
-    lengths = pc.list_value_length(documents.data.column("input_ids"))  # Arrow: no Python list of every row
-    tokens = pc.sum(lengths).as_py() or 0
-    long = pc.sum(pc.greater(lengths, max_seq_length)).as_py() or 0
+    tokens = long = 0
+    for batch in documents.iter(batch_size=DOCUMENTS_PER_GROUP):  # a batch at a time, never every row at once
+        tokens += sum(len(ids) for ids in batch["input_ids"])
+        long += sum(len(ids) > max_seq_length for ids in batch["input_ids"])
     logger.info("pretraining %s: %d documents (%d longer than max_seq_length=%d, split), %d tokens in %d rows "
                 "(%s packing, %.1f%% of the row positions hold tokens)", name, len(documents), long, max_seq_length,
                 tokens, len(rows), packing, 100.0 * tokens / max(1, len(rows) * max_seq_length))

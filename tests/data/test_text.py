@@ -74,7 +74,7 @@ def test_a_hub_id_goes_through_load_dataset(monkeypatch):
 
     monkeypatch.setattr(loading.datasets, "load_dataset", load_dataset)
     loaded = load_text_dataset("org/corpus[train:2]")
-    assert calls == [("org/corpus", {"streaming": False})]
+    assert calls == [("org/corpus", {})]
     assert len(loaded["train"]) == 2 and set(_texts(loaded["train"])) <= set(DOCS) and _texts(loaded["test"]) == ["t"]
 
 
