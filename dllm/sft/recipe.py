@@ -90,7 +90,7 @@ def _peek(argv: list[str], name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def resolve_checkpoint(family: str | None, argv: list[str]) -> tuple[str, PretrainedConfig]:
+def resolve_checkpoint(family: str | None, argv: list[str], verb: str = "dllm sft") -> tuple[str, PretrainedConfig]:
     """The checkpoint to start from (``--model_name_or_path``, its ``--config`` file value, else the named family's
     default) and its config, read once.
 
@@ -103,7 +103,7 @@ def resolve_checkpoint(family: str | None, argv: list[str]) -> tuple[str, Pretra
     checkpoint = _peek(argv, "model_name_or_path") or (FAMILIES[family].default_checkpoint if family else None)
     if not checkpoint:
         raise UsageError("give --model_name_or_path (a hub id or a local checkpoint), or name a family: "
-                         f"dllm sft {{{','.join(sorted(FAMILIES))}}}")
+                         f"{verb} {{{','.join(sorted(FAMILIES))}}}")
     trust = (_peek(argv, "trust_remote_code") or "false").lower() in ("true", "1", "yes")
     config = load_config(checkpoint, trust)
     if family is not None and config.model_type != FAMILIES[family].model_type:
@@ -120,7 +120,7 @@ def run(family: str | None = None, argv: list[str] | None = None, mode: str = "s
     help_only = "-h" in argv or "--help" in argv
     if help_only:  # the flags of the named family (or of text models), without reading any checkpoint
         make_parser(FAMILIES.get(family), _peek(argv, "objective") or "mdlm", prog, mode).parse(argv)
-    checkpoint, config = resolve_checkpoint(family, argv)
+    checkpoint, config = resolve_checkpoint(family, argv, f"dllm {mode}")
     hooks = recipe_family(config)
     parser = make_parser(hooks, _peek(argv, "objective") or "mdlm", prog, mode)
     parser.set_defaults(model_name_or_path=checkpoint)
