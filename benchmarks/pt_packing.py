@@ -14,6 +14,7 @@ row as dllm's collator does), and useful tokens/s of MDLM training steps on a LL
 load drifts hit both alike. Useful tokens are real tokens, not padding.
 
     python benchmarks/pt_packing.py --data ../shared/data/text/c4_demo.jsonl ../shared/data/text/wiki_demo.txt
+    python benchmarks/pt_packing.py --data ... --seq 2048 --no_timing     # rows and padding only
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=10, help="interleaved timed rounds")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no_timing", action="store_true", help="rows and padding only (no training steps)")
     p.add_argument("--json", help="also write the results to this file")
     return p.parse_args(argv)
 
@@ -78,6 +80,8 @@ def measure_file(args: argparse.Namespace, path: str, tokenizer) -> dict[str, di
         stats[packing] = {"documents": len(documents["train"]), "rows": len(rows), "tokens": tokens,
                           "padding_fraction": 1 - tokens / positions}
         batches[packing] = made
+    if args.no_timing:
+        return stats
     steps = {}
     for packing, made in batches.items():
         torch.manual_seed(0)
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["files"][path] = stats
         for packing, s in stats.items():
             print(f"{Path(path).name:<16} {packing:<9} {s['documents']:>5} {s['rows']:>6} {s['tokens']:>8} "
-                  f"{100 * s['padding_fraction']:>7.2f}% {s['useful_tokens_per_s']:>13.0f}")
+                  f"{100 * s['padding_fraction']:>7.2f}% {s.get('useful_tokens_per_s', float('nan')):>13.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results
