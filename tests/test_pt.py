@@ -163,3 +163,20 @@ def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(base, tmp_path, 
     assert len(steps) == 2  # steps 3 and 4 only: the first two come from the checkpoint
     whole, again = (load_file(tmp_path / run_dir / "model.safetensors") for run_dir in ("whole", "resumed"))
     assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
+
+
+def test_the_example_scripts_are_thin_and_print_one_line_for_a_mistake(tmp_path):
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for family in ("llama3", "gemma2"):
+        tree = ast.parse((root / "examples" / family / "pt.py").read_text())
+        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))], family
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    result = subprocess.run([sys.executable, str(root / "examples/llama3/pt.py"), "--model_name_or_path",
+                             str(tmp_path / "nope")], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == f"dllm pt: {tmp_path / 'nope'}: no such checkpoint folder"

@@ -105,7 +105,8 @@ def _text_column(rows: AnyDataset, source: str, column: str) -> AnyDataset:
         return rows.filter(lambda row: bool(row["text"] and row["text"].strip()))
     feature = rows.features["text"]
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
-        bad = next((i for i, value in enumerate(rows["text"]) if value is not None and not isinstance(value, str)), None)
+        values = enumerate(rows["text"])
+        bad = next((i for i, value in values if value is not None and not isinstance(value, str)), None)
         if bad is None:
             raise UsageError(f"{source}: no text (every {column!r} value is null)")
         raise UsageError(f"{source}, row {bad}: {column!r} is {type(rows[bad]['text']).__name__}, expected a string")

@@ -1,4 +1,5 @@
-"""Masked-diffusion pretraining of Gemma 2 on raw text (MDLM objective, bidirectional attention, eager attention for softcapping).
+"""Masked-diffusion pretraining of Gemma 2 on raw text (MDLM objective, bidirectional attention, eager attention for
+logit softcapping, every token noised).
 
 Single process (one GPU, or CPU with --use_cpu True):
     accelerate launch --config_file scripts/accelerate_configs/ddp.yaml --num_processes 1 \
