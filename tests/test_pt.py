@@ -79,6 +79,11 @@ def test_pt_trains_evaluates_the_elbo_and_the_checkpoint_samples_raw_text(base, 
     capsys.readouterr()
     assert cli(["sample", str(out), "the cat", "a dog was", "--gen_length", "8", "--steps", "4"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2  # one continuation per prompt, no chat template needed
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+                                              {"role": "user", "content": "and?"}]}) + "\n")
+    assert cli(["sample", str(out), "--prompt_file", str(chats)]) == 2
+    assert "prompt 1: a conversation, and the checkpoint's tokenizer has no chat template" in capsys.readouterr().err
 
 
 def test_pt_block_diffusion_with_lora_concat_and_variable_length_rows(base, tmp_path, capsys):
