@@ -19,6 +19,9 @@ commands:
   sft [family] [flags]   masked-diffusion SFT of any causal LM (--model_name_or_path picks the class from the
                          checkpoint's model_type); a family ({families}) supplies a default checkpoint
                          (same flags as examples/<family>/sft.py)
+  pt [family] [flags]    masked-diffusion pretraining on raw text (--dataset_args: .txt, JSONL/Parquet with a
+                         text column, folders, hub ids; --streaming True; --packing document|concat); same
+                         recipe, options and checkpoints as sft (examples/<family>/pt.py)
   demo [flags]           offline demo: train a tiny model on synthetic tasks, then answer held-out prompts
   demo-vl [flags]        offline visual demo: train a tiny Qwen3-VL on rendered colour grids, then answer
                          questions about held-out grids
@@ -61,6 +64,13 @@ def _sft(rest: list[str]) -> None:
 
     family = rest[0] if rest and not rest[0].startswith("-") else None
     run(family, rest[1:] if family is not None else rest)
+
+
+def _pt(rest: list[str]) -> None:
+    from dllm.sft.recipe import run
+
+    family = rest[0] if rest and not rest[0].startswith("-") else None
+    run(family, rest[1:] if family is not None else rest, mode="pt")
 
 
 def _demo(rest: list[str]) -> None:
@@ -147,6 +157,7 @@ def _export(rest: list[str]) -> None:
 
 COMMANDS = {
     "sft": _sft,
+    "pt": _pt,
     "demo": _demo,
     "demo-vl": _demo_vl,
     "sample": _sample,

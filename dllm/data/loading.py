@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import datasets
-from datasets import Dataset, DatasetDict, concatenate_datasets
+from datasets import Dataset, DatasetDict, IterableDatasetDict, concatenate_datasets
 from datasets.data_files import get_data_patterns, resolve_pattern
 from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -128,6 +128,11 @@ def _read_error(path: Path, err: Exception) -> ValueError:
     """A one-line error naming ``path`` for whatever ``datasets``/Arrow raised while reading it."""
     if isinstance(err, StopIteration) or "corresponds to no data" in str(err):
         return UsageError(f"{path}: no rows")
+    if path.suffix == ".txt":
+        cause = _root_cause(err)
+        if isinstance(cause, UnicodeDecodeError):
+            return UsageError(f"{path}: not UTF-8 text ({cause})")
+        return UsageError(f"{path}: cannot read text ({type(cause).__name__}: {' '.join(str(cause).split())})")
     if path.suffix != ".parquet":
         try:
             located = _locate_json_problem(path)
@@ -159,20 +164,33 @@ def read_data_file(path: Path) -> Dataset:
             ``.json`` file holding one object instead of rows, text that is not UTF-8, or an unreadable
             parquet file; one line that starts with the path.
     """
+    rows = load_local_file(path, "parquet" if path.suffix == ".parquet" else "json", DATA_FILE_SUFFIXES)
+    # datasets reads a file holding one JSON object as a single row; a .json file of rows never looks so.
+    if path.suffix == ".json" and len(rows) == 1 and _starts_with_object(path):
+        raise UsageError(f"{path}: one JSON object instead of rows; {_JSON_SHAPE} (name a one-row file .jsonl)")
+    return rows
+
+
+def load_local_file(path: Path, builder: str, suffixes: tuple[str, ...], **config: object) -> Dataset:
+    """The rows of one local file read by ``datasets.load_dataset(builder, data_files=path, **config)`` into memory,
+    through a throwaway cache; whatever ``datasets`` or Arrow raises becomes one line naming the file.
+
+    Raises:
+        UsageError: not a file (a :class:`DataFileNotFoundError`), a suffix outside ``suffixes``, an empty file or no
+            rows, or the reader's error (invalid JSON with its line, text that is not UTF-8, unreadable parquet).
+    """
     if not path.is_file():
         raise DataFileNotFoundError(f"dataset file not found: {path}")
-    if path.suffix not in DATA_FILE_SUFFIXES:
-        raise UsageError(f"{path}: unsupported file type {path.suffix!r}; expected one of {DATA_FILE_SUFFIXES}")
+    if path.suffix not in suffixes:
+        raise UsageError(f"{path}: unsupported file type {path.suffix!r}; expected one of {suffixes}")
     if path.stat().st_size == 0:
         raise UsageError(f"{path}: no rows (empty file)")
-    builder = "parquet" if path.suffix == ".parquet" else "json"
     bars_were_off = are_progress_bars_disabled()
     disable_progress_bars()  # "Generating train split" of a throwaway cache is noise (and precedes any error)
     try:
         with tempfile.TemporaryDirectory(prefix="dllm-data-") as cache_dir:
-            rows = datasets.load_dataset(
-                builder, data_files=str(path), split="train", cache_dir=cache_dir, keep_in_memory=True
-            )
+            rows = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir,
+                                         keep_in_memory=True, **config)
         rows.data.validate(full=True)  # Arrow's JSON reader lets invalid UTF-8 through; full checks catch it
     except Exception as err:  # datasets and Arrow raise many types; none may reach the user unnamed
         raise _read_error(path, err) from err
@@ -181,44 +199,41 @@ def read_data_file(path: Path) -> Dataset:
             enable_progress_bars()
     if len(rows) == 0:
         raise UsageError(f"{path}: no rows")
-    # datasets reads a file holding one JSON object as a single row; a .json file of rows never looks so.
-    if path.suffix == ".json" and len(rows) == 1 and _starts_with_object(path):
-        raise UsageError(f"{path}: one JSON object instead of rows; {_JSON_SHAPE} (name a one-row file .jsonl)")
     return rows
 
 
-def _resolve(folder: Path, pattern: str) -> set[Path]:
-    """Data files of ``folder`` matching a ``datasets`` data-files pattern (hidden files excluded)."""
+def _resolve(folder: Path, pattern: str, suffixes: tuple[str, ...] = DATA_FILE_SUFFIXES) -> set[Path]:
+    """Data files (``suffixes``) of ``folder`` matching a ``datasets`` data-files pattern (hidden files excluded)."""
     base = folder.resolve()
     try:
-        found = resolve_pattern(pattern, str(base), allowed_extensions=list(DATA_FILE_SUFFIXES))
+        found = resolve_pattern(pattern, str(base), allowed_extensions=list(suffixes))
     except FileNotFoundError:
         return set()
-    return {folder / Path(p).relative_to(base) for p in found if Path(p).suffix in DATA_FILE_SUFFIXES}
+    return {folder / Path(p).relative_to(base) for p in found if Path(p).suffix in suffixes}
 
 
-def _named_split_files(folder: Path) -> dict[str, set[Path]]:
+def _named_split_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, set[Path]]:
     """Data files by the split their name puts them in, per ``datasets.data_files.get_data_patterns``."""
     try:
         patterns = get_data_patterns(str(folder.resolve()))
     except (FileNotFoundError, ValueError) as err:
         raise UsageError(f"{folder}: cannot sort the folder's files into splits ({err})") from err
     return {
-        str(split): set().union(*(_resolve(folder, pattern) for pattern in split_patterns))
+        str(split): set().union(*(_resolve(folder, pattern, suffixes) for pattern in split_patterns))
         for split, split_patterns in patterns.items()
     }
 
 
-def folder_files(folder: Path) -> dict[str, list[Path]]:
-    """Data files of a folder by split (``train`` and, when some file is named so, ``test``), sorted.
+def folder_files(folder: Path, suffixes: tuple[str, ...] = DATA_FILE_SUFFIXES) -> dict[str, list[Path]]:
+    """Data files (``suffixes``) of a folder by split (``train`` and, when some file is named so, ``test``), sorted.
 
     Raises:
         ValueError: no data files, a file named both train and test, or test files without train files.
     """
-    files = _resolve(folder, "**")
+    files = _resolve(folder, "**", suffixes)
     if not files:
-        raise UsageError(f"{folder}: no data files ({', '.join(DATA_FILE_SUFFIXES)}) in folder")
-    named = _named_split_files(folder)
+        raise UsageError(f"{folder}: no data files ({', '.join(suffixes)}) in folder")
+    named = _named_split_files(folder, suffixes)
     train, test = named.get("train", set()) & files, named.get("test", set()) & files
     if not train and not test:
         return {"train": sorted(files)}
@@ -237,15 +252,16 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name.endswith(DATA_FILE_SUFFIXES)
 
 
-def _load_hub_splits(hub_id: str) -> dict[str, Dataset]:
-    """The ``train`` (required) and ``test`` splits of a hub dataset, via ``datasets.load_dataset``."""
+def load_hub_splits(hub_id: str, streaming: bool = False) -> dict[str, Dataset]:
+    """The ``train`` (required) and ``test`` splits of a hub dataset, via ``datasets.load_dataset`` (``streaming``:
+    ``IterableDataset`` splits, read as they are iterated)."""
     try:
-        loaded = datasets.load_dataset(hub_id)
+        loaded = datasets.load_dataset(hub_id, **({"streaming": True} if streaming else {}))
     except (ConnectionError, FileNotFoundError) as err:  # offline, unknown id, no access (DatasetNotFoundError)
         detail = " ".join(str(err).split())
         raise UsageError(f"{hub_id}: not a local file or folder, and not a loadable Hugging Face Hub dataset "
                          f"({detail})") from err
-    if not isinstance(loaded, DatasetDict):
+    if not isinstance(loaded, (DatasetDict, IterableDatasetDict)):
         raise UsageError(f"{hub_id}: expected a dataset with splits, got {type(loaded).__name__}")
     if "train" not in loaded:
         raise UsageError(f"{hub_id}: no 'train' split; found {sorted(loaded.keys())}")
@@ -323,7 +339,7 @@ def load_source_splits(name: str, *, skip_invalid: bool = False, text_only: bool
     if path.exists() or _looks_like_path(name):
         return {"train": _normalize_files(name, [path], skip_invalid, text_only)}
     splits = {}
-    for split, rows in _load_hub_splits(name).items():
+    for split, rows in load_hub_splits(name).items():
         source = f"{name} ({split})"
         fmt = resolve_format(name, rows, source)
         splits[split] = normalize_rows(rows, fmt, source=source, skip_invalid=skip_invalid, text_only=text_only)

@@ -119,3 +119,50 @@ def collate_packed(rows: Sequence[Mapping[str, Any]], pad_id: int, length: int) 
             start, document = start + size, document + 1
         position_ids[b, n:] = torch.arange(length - n)  # padding restarts too: a document of its own
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "document_ids": document_ids}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Raw text (dllm pt): every token is trained, documents end with EOS
+
+
+def split_document(ids: Sequence[int], capacity: int) -> list[list[int]]:
+    """``ids`` in consecutive pieces of at most ``capacity`` tokens: an over-long document is split, never cut."""
+    return [list(ids[start:start + capacity]) for start in range(0, len(ids), capacity)]
+
+
+def pack_documents_batch(rows: Mapping[str, list], capacity: int) -> dict[str, list]:
+    """``datasets.map(batched=True)`` function for document packing: tokenised documents (``input_ids``, every token
+    trained) split into pieces of at most ``capacity`` tokens (:func:`split_document`), the pieces packed with
+    :func:`best_fit_decreasing` into rows that keep each piece's length in ``seq_lengths`` (each attends only to
+    itself: :func:`collate_packed`)."""
+    pieces = [piece for ids in rows["input_ids"] for piece in split_document(ids, capacity)]
+    packed: dict[str, list] = {name: [] for name in PACKED_COLUMNS}
+    for members in best_fit_decreasing([len(piece) for piece in pieces], capacity):
+        ids = [t for i in members for t in pieces[i]]
+        packed["input_ids"].append(ids)
+        packed["labels"].append(list(ids))
+        packed["seq_lengths"].append([len(pieces[i]) for i in members])
+    return packed
+
+
+def concat_batch(rows: Mapping[str, list], capacity: int) -> dict[str, list]:
+    """``datasets.map(batched=True)`` function for concatenation (MDLM's OpenWebText and LLaDA's data): the batch's
+    documents (each ending with EOS) joined in order and wrapped into rows of ``capacity`` tokens, which attend
+    across document boundaries; the batch's last, shorter row is kept (padded at collation), so no token is lost."""
+    stream = [t for ids in rows["input_ids"] for t in ids]
+    wrapped = split_document(stream, capacity)
+    return {"input_ids": wrapped, "labels": [list(ids) for ids in wrapped]}
+
+
+def split_lengths(lengths: Sequence[int], cut: int) -> tuple[list[int], list[int]]:
+    """The document lengths of a pack cut after ``cut`` tokens: those of the first part and of the rest (the document
+    the cut falls in is split between them)."""
+    left: list[int] = []
+    for index, size in enumerate(lengths):
+        if cut <= 0:
+            return left, list(lengths[index:])
+        if size > cut:
+            return left + [cut], [size - cut, *lengths[index + 1:]]
+        left.append(size)
+        cut -= size
+    return left, []

@@ -28,7 +28,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from dllm.errors import UsageError
-from dllm.inference.engine import Engine, VisionPrompt, check_fits, check_text, encode_chats
+from dllm.inference.engine import Engine, VisionPrompt, check_fits, check_text, encode_chats, encode_texts
 from dllm.data.images import load_image
 from dllm.inference.loading import (
     CheckpointArguments,
@@ -148,6 +148,18 @@ def answer(engine: Engine, prompts: list[Prompt], ids: list[list[int]], batch_si
     return rows
 
 
+def raw_text(prompt: Prompt, number: int) -> str:
+    """The text a checkpoint without a chat template (a pretrained model: ``dllm pt``) continues: a plain prompt.
+
+    Raises:
+        UsageError: a conversation of other turns than one user turn, which such a tokenizer cannot render.
+    """
+    if len(prompt.messages) == 1 and prompt.messages[0]["role"] == "user":
+        return prompt.messages[0]["content"]
+    raise UsageError(f"prompt {number}: a conversation, and the checkpoint's tokenizer has no chat template to render "
+                     "one (a pretrained model continues text): give plain text prompts")
+
+
 def with_image(messages: list[dict[str, str]], image: Any) -> list[dict[str, Any]]:
     """The conversation with ``image`` before the text of its first user turn (Qwen content parts)."""
     out, placed = [], False
@@ -213,10 +225,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         processor = load_image_processor(checkpoint, load_args)
         image = load_image(args.image)
     loaded = load_checkpoint(checkpoint, load_args, **sampler_overrides(options))
-    try:
-        ids = encode_chats(loaded.tokenizer, [p.messages for p in prompts])
-    except ValueError as err:  # no chat template
-        raise UsageError(f"{checkpoint}: {err}") from err
+    if loaded.tokenizer.chat_template is None and image is None:  # a pretrained model (dllm pt): text to continue
+        ids = encode_texts(loaded.tokenizer, [raw_text(p, n) for n, p in enumerate(prompts, start=1)])
+    else:
+        try:
+            ids = encode_chats(loaded.tokenizer, [p.messages for p in prompts])
+        except ValueError as err:  # no chat template
+            raise UsageError(f"{checkpoint}: {err}") from err
     inputs = None if image is None else [VisionPrompt(with_image(p.messages, image)) for p in prompts]
     engine = Engine(loaded.model, loaded.tokenizer, loaded.generation_config, processor)
     _check_lengths(engine, prompts, inputs or ids)

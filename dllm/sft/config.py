@@ -9,6 +9,7 @@ plus the diffusion options.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN
 from dllm.core.trainers import OBJECTIVES  # objective name -> (its config class, its trainer): --objective
@@ -110,6 +111,70 @@ class DataArguments:
                              "per fixed-length canvas, a packed row holds several answers")
         if self.test_size < 0 or (self.test_size >= 1 and self.test_size != int(self.test_size)):
             raise UsageError(f"test_size must be 0, a fraction in (0, 1) or a whole count, got {self.test_size}")
+
+
+@dataclass
+class PTDataArguments:
+    """Which raw text, and how it becomes rows (``dllm pt``): every token is trained, there is no prompt."""
+
+    dataset_args: str | None = field(
+        default=None,
+        metadata={"help": "Text dataset spec: name_or_path[train:N,test:M] (N, M: documents), '+' mixes sources: .txt "
+                  "files, JSON/JSONL/Parquet files with a text column, folders of them (split into train and test by "
+                  "file name), hub ids.", "aliases": ["--dataset_name"]},
+    )
+    text_column: str = field(default="text", metadata={"help": "The column of JSON/JSONL/Parquet/hub rows that holds "
+                                                       "the text."})
+    txt_documents: str = field(
+        default="line", metadata={"help": "What a document of a .txt file is: 'line' (one per line, blank lines "
+                                  "skipped), 'paragraph' (blank-line separated) or 'file' (the whole file).",
+                                  "choices": ["line", "paragraph", "file"]})
+    max_seq_length: int = field(default=1024, metadata={"help": "Tokens per training row; longer documents are split "
+                                                        "into pieces of this length (never cut).",
+                                                        "aliases": ["--max_length"]})
+    packing: str = field(
+        default="document",
+        metadata={"help": "'document': documents (and the pieces of split ones) packed best-fit into rows, each "
+                  "attending only to itself with its own positions and diffusion time, so one is trained as it "
+                  "would be alone; 'concat': documents joined with EOS between them and wrapped into rows that "
+                  "attend across documents (MDLM on OpenWebText, LLaDA).", "choices": ["document", "concat"]},
+    )
+    variable_length_fraction: float = field(
+        default=0.0,
+        metadata={"help": "LLaDA's variable-length trick (1%% there: 0.01): this fraction of rows is cut at a "
+                  "uniformly random length, the rest becoming a row of its own (no token is lost)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the data as training goes (datasets' IterableDataset), for corpora larger than "
+                  "memory; needs --max_steps. train:N takes the first N documents, test:M holds out the first M."},
+    )
+    shuffle_buffer_size: int = field(
+        default=10000, metadata={"help": "--streaming: rows shuffled through a buffer of this many (0: in order)."})
+    test_size: float = field(
+        default=0.0,
+        metadata={"help": "Documents held out for evaluation when the source has no test split and the spec no "
+                  "test:M (a fraction < 1 or a count; 0 holds out nothing; streamed: a count)."},
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for tokenising and packing (datasets.map num_proc)."}
+    )
+    # What the text collator hook reads (dllm.auto's): rows come tokenised, every token trained, padding untrained.
+    mask_prompt_loss: ClassVar[bool] = False
+    train_on_eos_padding: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if self.max_seq_length < 1:
+            raise UsageError(f"max_seq_length must be a positive integer, got {self.max_seq_length}")
+        if not 0.0 <= self.variable_length_fraction <= 1.0:
+            raise UsageError(f"variable_length_fraction must be in [0, 1], got {self.variable_length_fraction}")
+        if self.shuffle_buffer_size < 0:
+            raise UsageError(f"shuffle_buffer_size must be at least 0, got {self.shuffle_buffer_size}")
+        if self.test_size < 0 or (self.test_size >= 1 and self.test_size != int(self.test_size)):
+            raise UsageError(f"test_size must be 0, a fraction in (0, 1) or a whole count, got {self.test_size}")
+        if self.streaming and 0 < self.test_size < 1:
+            raise UsageError(f"test_size {self.test_size} is a fraction, which a stream (--streaming True) has no "
+                             "length for; give a count of documents")
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""The one supervised fine-tuning recipe behind ``examples/<family>/sft.py`` and ``dllm sft [family]``: every model
-family and every objective goes through it; a family changes it only through its hooks in :data:`dllm.auto.FAMILIES`
-(tokenizer or processor, model, collator, trainer, its own options), an objective through
-:data:`dllm.sft.config.OBJECTIVES` (its config and trainer classes).
+"""The one training recipe behind ``examples/<family>/sft.py``, ``examples/<family>/pt.py``, ``dllm sft [family]`` and
+``dllm pt [family]``: every model family, objective and data mode goes through it; a family changes it only through
+its hooks in :data:`dllm.auto.FAMILIES` (tokenizer or processor, model, collator, trainer, its own options), an
+objective through :data:`dllm.sft.config.OBJECTIVES` (its config and trainer classes), a data mode through
+:data:`MODES` (``sft``: chat rows, :class:`~dllm.sft.config.DataArguments`; ``pt``: raw text, every token trained,
+:class:`~dllm.sft.config.PTDataArguments` and :mod:`dllm.data.text`).
 
 Parsing is apart from running, as in trl: :func:`make_parser` builds the options parser of a family and objective,
 :func:`main` runs the recipe on parsed options (``main(model_args, data_args, training_args)``, callable from
@@ -27,6 +29,8 @@ import logging
 import re
 import shlex
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,36 +44,38 @@ from dllm.core.sampling import DiffusionGenerationConfig, generation_defaults
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
 from dllm.data.collator import tokenize_messages
 from dllm.data.packing import pack_dataset
+from dllm.data.text import load_text_dataset, prepare_pretraining_rows
 from dllm.data.utils import load_sft_dataset
 from dllm.errors import UsageError
 from dllm.options import OptionParser, config_path, read_option_file, save_options, torch_dtype
 from dllm.sft.checkpoints import check_output_dir, resolve_resume_checkpoint
-from dllm.sft.config import OBJECTIVES, DataArguments, ModelArguments, sft_config_class
+from dllm.sft.config import OBJECTIVES, DataArguments, ModelArguments, PTDataArguments, sft_config_class
 
 logger = logging.getLogger(__name__)
 
 
-def make_parser(family: ModelFamily | None = None, objective: str = "mdlm", prog: str = "dllm sft") -> OptionParser:
-    """The options of ``dllm sft`` for a family (its own options dataclass and defaults; ``None``: a text model) and
-    an objective (its config class): ``parser.parse(argv)`` gives ``(model_args, data_args, training_args[,
-    family_args])``."""
+def make_parser(family: ModelFamily | None = None, objective: str = "mdlm", prog: str = "dllm sft",
+                mode: str = "sft") -> OptionParser:
+    """The options of ``dllm sft`` (``mode="pt"``: ``dllm pt``) for a family (its own options dataclass and defaults;
+    ``None``: a text model) and an objective (its config class): ``parser.parse(argv)`` gives ``(model_args,
+    data_args, training_args[, family_args])``."""
     family = family or GENERIC_FAMILY
-    types = [ModelArguments, DataArguments, sft_config_class(objective)]
+    types = [ModelArguments, MODES[mode].data_arguments, sft_config_class(objective)]
     parser = OptionParser(types + ([family.options] if family.options else []), prog=prog)
-    defaults = dict(family.option_defaults)
+    defaults = {"output_dir": f"outputs/{mode}", **family.option_defaults}
     if family.default_checkpoint and family.name in FAMILIES:
         defaults["model_name_or_path"] = family.default_checkpoint
     parser.set_defaults(**defaults)
     return parser
 
 
-def parse_args(argv: list[str] | None = None, family: ModelFamily | None = None) -> tuple[Any, ...]:
+def parse_args(argv: list[str] | None = None, family: ModelFamily | None = None, mode: str = "sft") -> tuple[Any, ...]:
     """``(model_args, data_args, training_args[, family_args])`` from the command line (``--help`` lists every flag).
 
     Raises:
         UsageError: an unknown flag, a bad value, or options the configs' checks reject.
     """
-    return make_parser(family, _peek(list(argv or []), "objective") or "mdlm").parse(argv)
+    return make_parser(family, _peek(list(argv or []), "objective") or "mdlm", f"dllm {mode}", mode).parse(argv)
 
 
 def _peek(argv: list[str], name: str) -> str | None:
@@ -84,7 +90,7 @@ def _peek(argv: list[str], name: str) -> str | None:
     return None if value is None else str(value)
 
 
-def resolve_checkpoint(family: str | None, argv: list[str]) -> tuple[str, PretrainedConfig]:
+def resolve_checkpoint(family: str | None, argv: list[str], verb: str = "dllm sft") -> tuple[str, PretrainedConfig]:
     """The checkpoint to start from (``--model_name_or_path``, its ``--config`` file value, else the named family's
     default) and its config, read once.
 
@@ -97,7 +103,7 @@ def resolve_checkpoint(family: str | None, argv: list[str]) -> tuple[str, Pretra
     checkpoint = _peek(argv, "model_name_or_path") or (FAMILIES[family].default_checkpoint if family else None)
     if not checkpoint:
         raise UsageError("give --model_name_or_path (a hub id or a local checkpoint), or name a family: "
-                         f"dllm sft {{{','.join(sorted(FAMILIES))}}}")
+                         f"{verb} {{{','.join(sorted(FAMILIES))}}}")
     trust = (_peek(argv, "trust_remote_code") or "false").lower() in ("true", "1", "yes")
     config = load_config(checkpoint, trust)
     if family is not None and config.model_type != FAMILIES[family].model_type:
@@ -106,60 +112,57 @@ def resolve_checkpoint(family: str | None, argv: list[str]) -> tuple[str, Pretra
     return checkpoint, config
 
 
-def run(family: str | None = None, argv: list[str] | None = None) -> MDLMTrainer:
-    """``dllm sft [family] [flags]``: read the checkpoint's config once, parse the options of its family and
-    objective, and run :func:`main`."""
+def run(family: str | None = None, argv: list[str] | None = None, mode: str = "sft") -> MDLMTrainer:
+    """``dllm sft [family] [flags]`` (``mode="pt"``: ``dllm pt [family] [flags]``): read the checkpoint's config once,
+    parse the options of its family, objective and data mode, and run :func:`main`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    prog = f"dllm {mode} {family or ''}".strip()
     help_only = "-h" in argv or "--help" in argv
     if help_only:  # the flags of the named family (or of text models), without reading any checkpoint
-        prog = f"dllm sft {family}" if family else "dllm sft"
-        make_parser(FAMILIES.get(family), _peek(argv, "objective") or "mdlm", prog).parse(argv)
-    checkpoint, config = resolve_checkpoint(family, argv)
+        make_parser(FAMILIES.get(family), _peek(argv, "objective") or "mdlm", prog, mode).parse(argv)
+    checkpoint, config = resolve_checkpoint(family, argv, f"dllm {mode}")
     hooks = recipe_family(config)
-    parser = make_parser(hooks, _peek(argv, "objective") or "mdlm", f"dllm sft {family or ''}".strip())
+    parser = make_parser(hooks, _peek(argv, "objective") or "mdlm", prog, mode)
     parser.set_defaults(model_name_or_path=checkpoint)
     return main(*parser.parse(argv), model_config=config)
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: Any, family_args: Any = None, *,
          model_config: PretrainedConfig | None = None) -> MDLMTrainer:
-    """Masked-diffusion SFT on parsed options (the trl pattern: ``main(script_args, training_args, model_args)``).
+    """Masked-diffusion training on parsed options (the trl pattern: ``main(script_args, training_args,
+    model_args)``): SFT on chat rows for :class:`~dllm.sft.config.DataArguments`, pretraining on raw text for
+    :class:`~dllm.sft.config.PTDataArguments` (the data mode of :data:`MODES`); everything else is shared.
 
     ``family_args``: the family's own options (Qwen3-VL's :class:`~dllm.pipelines.qwen3_vl.options.Qwen3VLOptions`;
     their defaults when None). ``model_config``: the checkpoint's config if already read (it is not read again).
     """
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    mode = MODES["pt" if isinstance(data_args, PTDataArguments) else "sft"]
     checkpoint = model_args.model_name_or_path
     if not checkpoint:
         raise UsageError("give --model_name_or_path (a hub id or a local checkpoint)")
     config = model_config or load_config(checkpoint, model_args.trust_remote_code)  # the one config.json read
     family = recipe_family(config)
     family_args = family_args if family_args is not None or family.options is None else family.options()
-    if data_args.packing and not family.text_rows:
-        raise UsageError(f"--packing is for text models: {family.name} rows keep one conversation (and its images) "
-                         "each")
+    if not family.text_rows and (mode.name == "pt" or data_args.packing):
+        raise UsageError(f"{'dllm pt' if mode.name == 'pt' else '--packing'} is for text models: {family.name} rows "
+                         "keep one conversation (and its images) each")
     trainer_class = family.trainer_for(OBJECTIVES[getattr(training_args, "objective", "mdlm")][1])
-    # Before any work: where the run writes (never over the model it reads), and what it resumes from.
-    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-    training_args.resume_from_checkpoint = resume
-    check_output_dir(training_args.output_dir, [checkpoint], resume_from_checkpoint=resume)
-    if training_args.process_index == 0:
-        save_options(training_args.output_dir, [o for o in (model_args, data_args, training_args, family_args) if o],
-                     header=f"dllm sft options of this run (read back with --config {Path(training_args.output_dir)}"
-                            "/run_config.yaml)")
+    _prepare_output(mode, checkpoint, [model_args, data_args, training_args, family_args])
 
     # 1. Data first, so a bad spec, file or row stops the run before any weights load.
-    dataset = _load_data(data_args, training_args, text_only=family.image_inputs is None)
+    dataset = mode.load(data_args, training_args, family)
 
     # 2. Model and tokenizer (bidirectional, with a mask token). Seeded first: a new mask-token row is random.
     set_seed(training_args.seed)
-    model, processing = build_model_and_tokenizer(checkpoint, model_args, family_args=family_args, config=config)
+    model, processing = build_model_and_tokenizer(checkpoint, model_args, family_args=family_args, config=config,
+                                                  chat_template=mode.chat_template)
     if model_args.lora:
         model = apply_lora(model, model_args, training_args.gradient_checkpointing,
                            vocab_size=text_config(config).vocab_size)
     collator = family.build_collator(processing, data_args, family_args)
     if family.text_rows:
-        dataset = _prepare_rows(dataset, processing, data_args)
+        dataset = mode.prepare(dataset, processing, data_args, training_args)
 
     # 3. Train.
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset["train"],
@@ -181,19 +184,67 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: An
     return trainer
 
 
-def _load_data(data_args: DataArguments, training_args: Any, text_only: bool) -> DatasetDict:
-    """The validated message rows (``text_only``: a model that reads no images refuses rows with images); without
-    a test split nothing is evaluated (eval_strategy becomes no)."""
+def _prepare_output(mode: RecipeMode, checkpoint: str, options: list[Any]) -> None:
+    """Before any work: where the run writes (never over the model it reads), what it resumes from, and its
+    resolved options (``run_config.yaml``, which ``--config`` reads back). ``options``: model, data, training and
+    family options (None: the family has none)."""
+    training_args = options[2]
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    training_args.resume_from_checkpoint = resume
+    check_output_dir(training_args.output_dir, [checkpoint], resume_from_checkpoint=resume)
+    if training_args.process_index == 0:
+        save_options(training_args.output_dir, [o for o in options if o],
+                     header=f"dllm {mode.name} options of this run (read back with --config "
+                            f"{Path(training_args.output_dir)}/run_config.yaml)")
+
+
+def _load_data(data_args: DataArguments, training_args: Any, family: ModelFamily) -> DatasetDict:
+    """The validated message rows (a family that reads no images refuses rows with images); without a test split
+    nothing is evaluated (eval_strategy becomes no)."""
     test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
     dataset = load_sft_dataset(data_args.dataset_args, seed=training_args.seed, test_size=test_size,
-                               skip_invalid=data_args.skip_invalid_rows, text_only=text_only)
+                               skip_invalid=data_args.skip_invalid_rows, text_only=family.image_inputs is None)
+    return _evaluate_if_tested(dataset, training_args)
+
+
+def _evaluate_if_tested(dataset: Any, training_args: Any) -> Any:
+    """``dataset``; without a test split in it, nothing is evaluated (eval_strategy becomes no)."""
     if "test" not in dataset and training_args.eval_strategy != "no":  # a str enum
         training_args.eval_strategy = type(training_args.eval_strategy)("no")
         training_args.do_eval = False
     return dataset
 
 
-def _prepare_rows(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments) -> DatasetDict:
+def _load_text(data_args: PTDataArguments, training_args: Any, family: ModelFamily) -> Any:
+    """``dllm pt``'s documents (:func:`dllm.data.text.load_text_dataset`), read (streamed: opened) before any weights.
+
+    Raises:
+        UsageError: no ``--dataset_args``, ``--streaming True`` without ``--max_steps``, or a bad source.
+    """
+    if not data_args.dataset_args:
+        raise UsageError("give --dataset_args: the raw text to pretrain on (a .txt, JSON/JSONL/Parquet file with a "
+                         "text column, a folder or a hub id)")
+    if data_args.streaming and training_args.max_steps <= 0:
+        raise UsageError("--streaming True needs --max_steps: a stream has no length, so the epochs of "
+                         "--num_train_epochs cannot be counted")
+    test_size = int(data_args.test_size) if data_args.test_size >= 1 else data_args.test_size or None
+    dataset = load_text_dataset(data_args.dataset_args, text_column=data_args.text_column,
+                                txt_documents=data_args.txt_documents, streaming=data_args.streaming,
+                                seed=training_args.seed, test_size=test_size)
+    return _evaluate_if_tested(dataset, training_args)
+
+
+def _prepare_text(dataset: Any, tokenizer: PreTrainedTokenizerBase, data_args: PTDataArguments,
+                  training_args: Any) -> Any:
+    """Documents tokenised once and made into rows of ``--max_seq_length`` (:mod:`dllm.data.text`)."""
+    return prepare_pretraining_rows(dataset, tokenizer, data_args.max_seq_length, packing=data_args.packing,
+                                    variable_length_fraction=data_args.variable_length_fraction,
+                                    seed=training_args.seed, num_proc=data_args.preprocessing_num_workers,
+                                    shuffle_buffer_size=data_args.shuffle_buffer_size)
+
+
+def _prepare_rows(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments,
+                  training_args: Any = None) -> DatasetDict:
     """Text rows tokenised once (``--tokenize_once``) and packed (``--packing``)."""
     if data_args.tokenize_once or data_args.packing:
         dataset = tokenize_dataset(dataset, tokenizer, data_args.mask_prompt_loss, data_args.preprocessing_num_workers)
@@ -220,10 +271,11 @@ def tokenize_dataset(dataset: DatasetDict, tokenizer: PreTrainedTokenizerBase, m
 
 def build_model_and_tokenizer(
     checkpoint: str, model_args: ModelArguments, family: str | None = None, *, family_args: Any = None,
-    config: PretrainedConfig | None = None,
+    config: PretrainedConfig | None = None, chat_template: bool = True,
 ) -> tuple[PreTrainedModel, Any]:
     """Load the tokenizer (a vision-language family's processor) and the bidirectional model through the family's
-    hooks; make sure a mask token exists (resizing if added). ``config``: the checkpoint's, if already read.
+    hooks; make sure a mask token exists (resizing if added). ``config``: the checkpoint's, if already read;
+    ``chat_template``: the tokenizer must have one (SFT renders conversations with it; pretraining reads raw text).
 
     Raises:
         UsageError: no such checkpoint, checkpoint code without ``--trust_remote_code``, a tokenizer without a
@@ -233,7 +285,7 @@ def build_model_and_tokenizer(
     hooks = recipe_family(config)
     processing = hooks.load_processing(checkpoint, model_args.trust_remote_code, config)
     tokenizer = getattr(processing, "tokenizer", processing)  # a processor wraps its tokenizer
-    if processing.chat_template is None:
+    if chat_template and processing.chat_template is None:
         raise UsageError(f"{checkpoint}: the tokenizer has no chat template, which SFT renders every conversation "
                          "with; start from an instruct/chat checkpoint or save a chat_template with the tokenizer")
     check_mask_token(checkpoint, tokenizer, model_args.mask_token)
@@ -363,6 +415,25 @@ def merge_command(base: str, output_dir: str) -> str:
     (``--overwrite True``: the folder already holds the adapter; merging writes files beside it, deletes none)."""
     adapter = str(Path(output_dir) / "adapter")
     return f"dllm merge-lora {shlex.quote(base)} {shlex.quote(adapter)} {shlex.quote(output_dir)} --overwrite True"
+
+
+@dataclass(frozen=True)
+class RecipeMode:
+    """What one data mode of the recipe changes: its data options, how its data loads (before any weights: a bad
+    source stops the run first), how rows are made once the tokenizer exists, and whether the tokenizer needs a
+    chat template."""
+
+    name: str
+    data_arguments: type
+    load: Callable[[Any, Any, ModelFamily], Any]
+    prepare: Callable[[Any, PreTrainedTokenizerBase, Any, Any], Any]
+    chat_template: bool
+
+
+MODES: dict[str, RecipeMode] = {
+    "sft": RecipeMode("sft", DataArguments, _load_data, _prepare_rows, chat_template=True),
+    "pt": RecipeMode("pt", PTDataArguments, _load_text, _prepare_text, chat_template=False),
+}
 
 
 if __name__ == "__main__":

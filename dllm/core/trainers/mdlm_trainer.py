@@ -9,6 +9,7 @@ checkpointing, logging — is ``transformers.Trainer``'s.
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Literal
@@ -335,4 +336,6 @@ class MDLMTrainer(Trainer):
         for key, total in self._metric_sums[mode].items():
             logs[prefix + key] = (total / count).item()  # the only host sync for these metrics
         self._metric_sums[mode], self._metric_counts[mode] = {}, 0
+        if "eval_loss" in logs:  # the per-token ELBO bounds the NLL, so its exp bounds the perplexity (MDLM Table 1)
+            logs["eval_perplexity_bound"] = math.exp(min(logs["eval_loss"], 700.0))
         super().log(logs, start_time)
