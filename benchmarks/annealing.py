@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(args.threads), "command": " ".join(["python", *sys.argv]),
         "data": f"web (c4_demo.jsonl: {n_train} train / {n_held} held-out documents), {tokens} held-out tokens",
         "model": f"LLaMA {args.layers} x {args.hidden}, vocab {len(tokenizer)}, rows {args.batch} x {args.seq}",
-        "ar_steps": args.ar_steps, "adaptation_steps": args.steps, "annealing_steps": args.annealing_steps,
+        "seed": args.seed, "ar_steps": args.ar_steps, "adaptation_steps": args.steps,
+        "annealing_steps": args.annealing_steps,
         "ar_ppl": math.exp(ar_nll_per_token(ar, held_rows)),
         **{f"{name}_{key}": run[key] for name, run in runs.items()
            for key in ("nll_per_token", "stderr_iid", "last_logged_train_loss")},

@@ -67,6 +67,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--target_stderr", type=float, default=0.01,
                         help="relative standard error of the per-token ELBO to reach")
     parser.add_argument("--max_documents", type=int, default=None, help="use the first N documents only")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation, data order and diffusion noise")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="a smoke run of seconds (tiny everything)")
@@ -132,7 +133,7 @@ def save_initialisation(folder: Path, tokenizer, args: argparse.Namespace) -> Pa
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, mask_token_id=tokenizer.mask_token_id,
                          attn_implementation="sdpa")
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
 
@@ -141,7 +142,7 @@ def training_args(args: argparse.Namespace, output_dir: Path, config_cls: type, 
     return config_cls(output_dir=str(output_dir), per_device_train_batch_size=args.batch, max_steps=args.steps,
                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=max(1, args.steps // 20),
                       weight_decay=0.0, logging_steps=max(1, args.steps // 10), save_strategy="no",
-                      report_to="none", use_cpu=True, seed=0, data_seed=0, dataloader_drop_last=True,
+                      report_to="none", use_cpu=True, seed=args.seed, data_seed=args.seed, dataloader_drop_last=True,
                       disable_tqdm=True, **extra)
 
 
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> dict:
     quiet()
     torch.set_num_threads(args.threads)
     result: dict = {"machine": machine(args.threads), "command": " ".join(["python", *sys.argv]),
-                    "steps": args.steps, "batch": f"{args.batch} x {args.seq}", "corpora": []}
+                    "seed": args.seed, "steps": args.steps, "batch": f"{args.batch} x {args.seq}", "corpora": []}
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for corpus in args.corpus:
