@@ -11,7 +11,13 @@ import math
 import pytest
 import torch
 from datasets import Dataset
-from transformers import LlamaForCausalLM, default_data_collator
+from transformers import (
+    Gemma2ForCausalLM,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    default_data_collator,
+)
 
 from dllm.core.models.masked_lm import (
     annealed_attention_fraction,
@@ -21,7 +27,7 @@ from dllm.core.models.masked_lm import (
 )
 from dllm.core.trainers.bd3lm_trainer import BD3LMConfig
 from dllm.core.trainers.mdlm_trainer import MDLMConfig, MDLMTrainer
-from tests.helpers import tiny_llama_config
+from tests.helpers import tiny_gemma2_config, tiny_llama_config
 
 VOCAB, MASK_ID, N = 48, 3, 4
 
@@ -164,6 +170,30 @@ def test_packed_documents_never_see_each_other(tmp_path, attn):
         torch.testing.assert_close(none[1:, 9:], alone, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(masked(**rows, relaxed_attention=torch.ones_like(relaxed)).logits,
                                    masked(**rows).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "mistral"])
+def test_windowed_models_start_as_their_causal_model(tmp_path, family):
+    """Sliding-window layers (Gemma 2: per layer type; Mistral: every layer; windows of 4 < the documents): nothing
+    opened is the causal model's sliding window exactly; opened entries stay inside the window ahead."""
+    if family == "gemma2":
+        causal_cls, config = Gemma2ForCausalLM, tiny_gemma2_config(vocab_size=VOCAB)
+    else:
+        causal_cls, config = MistralForCausalLM, tiny_llama_config(vocab_size=VOCAB, sliding_window=4)
+        config = MistralConfig(**config.to_dict())
+    torch.manual_seed(0)
+    causal_cls(config).save_pretrained(tmp_path / family)
+    causal = causal_cls.from_pretrained(tmp_path / family, attn_implementation="eager").eval()
+    masked = masked_lm_class(causal_cls).from_pretrained(tmp_path / family, attn_implementation="eager").eval()
+    rows = packed_rows()
+    with torch.no_grad():
+        none = masked(**rows, relaxed_attention=torch.zeros(12, 12, dtype=torch.bool)).logits
+        alone = causal(input_ids=rows["input_ids"][1:, :9]).logits
+    torch.testing.assert_close(none[1:, :9], alone, rtol=1e-5, atol=1e-5)
+    mask = annealed_attention_mask(masked.config, torch.ones(12, 12, dtype=torch.bool), torch.float32)
+    sliding = (mask["sliding_attention"] if isinstance(mask, dict) else mask)[0, 0] == 0  # eager: additive [L, L]
+    q, kv = torch.arange(12)[:, None], torch.arange(12)[None, :]
+    assert torch.equal(sliding, ((kv <= q) & (q - kv < 4)) | ((kv > q) & (kv - q <= 4)))
 
 
 def copy_task(n: int = 32, length: int = 12) -> Dataset:

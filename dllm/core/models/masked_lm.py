@@ -303,14 +303,9 @@ def annealed_attention_mask(config: PretrainedConfig, relaxed: torch.Tensor, dty
     also sees itself, so a left-padding query is never left with nothing to attend to (SDPA would give NaN).
     ``relaxed`` all False is the causal model's mask, all True the bidirectional one. Built by transformers' builder
     for the configured attention, with the sliding window on top per layer type, as :func:`document_attention_mask`
-    (documents and padding are contiguous, so index distance is position distance).
+    (documents and padding are contiguous, so index distance is position distance): :func:`annealed_window`.
     """
-    from transformers.masking_utils import (
-        and_masks,
-        packed_sequence_mask_function,
-        padding_mask_function,
-        sliding_window_bidirectional_overlay,
-    )
+    from transformers.masking_utils import and_masks, packed_sequence_mask_function, padding_mask_function
 
     length = relaxed.shape[0]
     reference = documents if documents is not None else padding
@@ -323,9 +318,21 @@ def annealed_attention_mask(config: PretrainedConfig, relaxed: torch.Tensor, dty
         rules.append(packed_sequence_mask_function(documents))
     if padding is not None:
         rules.append(padding_mask_function(padding.bool()))
-    return _build_masks(config, and_masks(*rules), sliding_window_bidirectional_overlay, batch=batch,
+    return _build_masks(config, and_masks(*rules), annealed_window, batch=batch,
                         q_length=length, kv_length=length, dtype=dtype, device=relaxed.device,
                         always=lambda batch_idx, head_idx, q_idx, kv_idx: q_idx == kv_idx)
+
+
+def annealed_window(size: int) -> Callable:
+    """Sliding window of annealed attention: behind the query the causal model's (``q - kv < size``, transformers'
+    ``sliding_window_overlay``), so step 0 is that model exactly; ahead of it the bidirectional model's
+    (``kv - q <= size``, ``sliding_window_bidirectional_overlay``). The bidirectional window also sees the key at
+    distance ``size`` behind, which annealed attention gains only at step ``N``, with the model's own mask."""
+    def inside(batch_idx: torch.Tensor, head_idx: torch.Tensor, q_idx: torch.Tensor,
+               kv_idx: torch.Tensor) -> torch.Tensor:
+        return ((kv_idx <= q_idx) & (q_idx - kv_idx < size)) | ((kv_idx > q_idx) & (kv_idx - q_idx <= size))
+
+    return inside
 
 
 # ---- block diffusion (BD3-LMs, arXiv 2503.09573) ------------------------------------------------------------------
