@@ -84,7 +84,7 @@ class BidirectionalMaskedLMMixin:
 
     def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
                 labels: torch.LongTensor | None = None, logits_mask: torch.BoolTensor | None = None,
-                document_ids: torch.LongTensor | None = None,
+                document_ids: torch.LongTensor | None = None, relaxed_attention: torch.BoolTensor | None = None,
                 **kwargs) -> MaskedLMOutput:
         """Denoise ``input_ids``; with ``logits_mask`` (bool ``[B, L]``) only the selected positions get logits.
 
@@ -98,9 +98,15 @@ class BidirectionalMaskedLMMixin:
         ``full_logits[logits_mask]``). The diffusion loss needs predictions at masked positions only, so this
         skips ``(B L - N) V`` output-head work and keeps the ``[B, L, V]`` tensor (and its float32 copy in the
         loss) out of memory. ``labels`` are then read at the selected positions too.
+
+        ``relaxed_attention`` (bool ``[L, L]``, attention annealing) makes attention causal plus the key-after-query
+        entries it marks, within documents and over real keys (:func:`annealed_attention_mask`).
         """
         kwargs.setdefault("use_cache", False)  # a denoiser re-reads the whole sequence every step
         kwargs.pop("num_items_in_batch", None)
+        if relaxed_attention is not None:
+            attention_mask = self._annealed_mask(relaxed_attention, attention_mask, document_ids)
+            document_ids = None  # the annealed mask keeps documents apart itself
         if document_ids is not None:
             if attention_mask is not None:
                 raise ValueError("packed rows (document_ids) take no attention_mask: padding is its own document")
@@ -135,6 +141,24 @@ class BidirectionalMaskedLMMixin:
             if labels is not None:
                 labels = labels.to(logits_mask.device)[logits_mask]  # [N]
         return _masked_lm_output(logits, labels, outputs)
+
+    def _annealed_mask(self, relaxed: torch.Tensor, attention_mask: torch.Tensor | None,
+                       document_ids: torch.Tensor | None) -> torch.Tensor | dict | Any:
+        """:func:`annealed_attention_mask` for this model, refusing what it cannot take (one line each)."""
+        if block_diffusion_size(self.config) is not None:
+            raise ValueError("attention annealing is for MDLM models: a block-diffusion model's mask is block-causal")
+        if is_flash_attention(self.config):
+            raise ValueError(f"attention annealing needs a partly causal attention mask, which "
+                             f"{self.config._attn_implementation} does not take: load the model with "
+                             "attn_implementation 'sdpa', 'eager' or 'flex_attention'")
+        if getattr(self.config, "vision_config", None) is not None:
+            raise ValueError(f"{type(self).__name__}: attention annealing is for text models")
+        if attention_mask is not None and (document_ids is not None or not isinstance(attention_mask, torch.Tensor)
+                                           or attention_mask.dim() != 2):
+            raise ValueError("relaxed_attention takes a 2D padding attention_mask or packed rows' document_ids")
+        device = (document_ids if document_ids is not None else relaxed).device
+        return annealed_attention_mask(self.config, relaxed.to(device), self.dtype, documents=document_ids,
+                                       padding=attention_mask)
 
     def _block_causal_mask(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
                            document_ids: torch.Tensor | None, kwargs: dict[str, Any]) -> torch.Tensor | dict | Any:
@@ -234,6 +258,81 @@ def _build_masks(config: PretrainedConfig, rule: Callable, window_overlay: Calla
     if window is not None and not layer_types:
         return materialise(and_masks(rule, window_overlay(window)))
     return materialise(rule)
+
+
+# ---- attention annealing (DiffuLLaMA, arXiv 2410.17891) ----------------------------------------------------------
+def annealed_attention_fraction(step: int, annealing_steps: int) -> float:
+    """Fraction ``r`` of the entries a causal mask hides (key after query) that attention sees at optimizer step
+    ``step`` while annealing over ``N = annealing_steps`` steps: ``r = min(1, step / N)``, 0 at step 0 (the
+    autoregressive model's attention exactly), 1 from step ``N`` on (bidirectional).
+
+    DiffuLLaMA (Gong et al. 2024, arXiv 2410.17891, Sec. 3.2, "attention mask annealing"; ``get_anneal_attn_mask`` of
+    its LLaMA-Factory ``ddm`` trainer) takes ``min(1, (step + 1) / N)``: the same line one step earlier, so that its
+    first step already opens ``1/N``.
+    """
+    if not (isinstance(annealing_steps, int) and annealing_steps >= 1):
+        raise ValueError(f"annealing_steps must be a positive integer, got {annealing_steps!r}")
+    return min(1.0, max(step, 0) / annealing_steps)
+
+
+def draw_relaxed_attention(length: int, fraction: float, *, generator: torch.Generator | None = None,
+                           device: torch.device | str | None = None) -> torch.Tensor:
+    """The key-after-query entries opened for one forward, bool ``[L, L]`` (strictly above the diagonal): each
+    independently with probability ``fraction``, as DiffuLLaMA's ``get_anneal_attn_mask`` (one Bernoulli draw
+    ``causal | Bernoulli(r)`` shared by the rows and heads of a batch)."""
+    uniforms = torch.rand((length, length), generator=generator, device=device)  # [L, L]
+    return torch.triu(uniforms < fraction, diagonal=1)
+
+
+def relaxed_causal_rule(relaxed: torch.Tensor) -> Callable:
+    """Mask function of annealed attention: query ``i`` sees key ``j`` iff ``j <= i`` (causal) or ``relaxed[i, j]``."""
+    def visible(batch_idx: torch.Tensor, head_idx: torch.Tensor, q_idx: torch.Tensor,
+                kv_idx: torch.Tensor) -> torch.Tensor:
+        return (kv_idx <= q_idx) | relaxed[q_idx, kv_idx]
+
+    return visible
+
+
+def annealed_attention_mask(config: PretrainedConfig, relaxed: torch.Tensor, dtype: torch.dtype, *,
+                            documents: torch.Tensor | None = None,
+                            padding: torch.Tensor | None = None) -> torch.Tensor | dict[str, torch.Tensor] | Any:
+    """The attention mask of a forward during attention annealing, rows ``[B, L]``, ``relaxed`` ``[L, L]``.
+
+    :func:`relaxed_causal_rule` and-ed with packing's document rule (``documents`` ``[B, L]``: nothing crosses a
+    document) and the padding rule (``padding`` ``[B, L]``, True on real tokens: no query sees padding); every query
+    also sees itself, so a left-padding query is never left with nothing to attend to (SDPA would give NaN).
+    ``relaxed`` all False is the causal model's mask, all True the bidirectional one. Built by transformers' builder
+    for the configured attention, with the sliding window on top per layer type, as :func:`document_attention_mask`
+    (documents and padding are contiguous, so index distance is position distance): :func:`annealed_window`.
+    """
+    from transformers.masking_utils import and_masks, packed_sequence_mask_function, padding_mask_function
+
+    length = relaxed.shape[0]
+    reference = documents if documents is not None else padding
+    batch = 1 if reference is None else reference.shape[0]
+    if relaxed.shape != (length, length) or (reference is not None and reference.shape[1] != length):
+        raise ValueError(f"relaxed_attention must be [L, L] over rows of L tokens, got {tuple(relaxed.shape)} for "
+                         f"rows {None if reference is None else tuple(reference.shape)}")
+    rules = [relaxed_causal_rule(relaxed)]
+    if documents is not None:
+        rules.append(packed_sequence_mask_function(documents))
+    if padding is not None:
+        rules.append(padding_mask_function(padding.bool()))
+    return _build_masks(config, and_masks(*rules), annealed_window, batch=batch,
+                        q_length=length, kv_length=length, dtype=dtype, device=relaxed.device,
+                        always=lambda batch_idx, head_idx, q_idx, kv_idx: q_idx == kv_idx)
+
+
+def annealed_window(size: int) -> Callable:
+    """Sliding window of annealed attention: behind the query the causal model's (``q - kv < size``, transformers'
+    ``sliding_window_overlay``), so step 0 is that model exactly; ahead of it the bidirectional model's
+    (``kv - q <= size``, ``sliding_window_bidirectional_overlay``). The bidirectional window also sees the key at
+    distance ``size`` behind, which annealed attention gains only at step ``N``, with the model's own mask."""
+    def inside(batch_idx: torch.Tensor, head_idx: torch.Tensor, q_idx: torch.Tensor,
+               kv_idx: torch.Tensor) -> torch.Tensor:
+        return ((kv_idx <= q_idx) & (q_idx - kv_idx < size)) | ((kv_idx > q_idx) & (kv_idx - q_idx <= size))
+
+    return inside
 
 
 # ---- block diffusion (BD3-LMs, arXiv 2503.09573) ------------------------------------------------------------------

@@ -26,7 +26,14 @@ from dllm.core.diffusion import (
     sample_document_t,
     sample_t,
 )
-from dllm.core.models.masked_lm import block_diffusion_size, check_mask_token_id, find_mask_token_id
+from dllm.core.models.masked_lm import (
+    annealed_attention_fraction,
+    block_diffusion_size,
+    check_mask_token_id,
+    draw_relaxed_attention,
+    find_mask_token_id,
+    is_flash_attention,
+)
 from dllm.core.schedules import SCHEDULES, describe_schedules, make_schedule
 
 if TYPE_CHECKING:
@@ -66,6 +73,14 @@ class MDLMConfig(TrainingArguments):
                   "(unbiased per-token ELBO); 'sequence': by each example's answer length, then average "
                   "over examples (LLaDA SFT). Both are exact under gradient accumulation."},
     )
+    attention_annealing_steps: int = field(
+        default=0,
+        metadata={"help": "AR-to-diffusion adaptation (DiffuLLaMA's attention mask annealing): attention starts "
+                  "causal and becomes bidirectional over the first N optimizer steps; at step s each key-after-query "
+                  "entry is opened with probability s/N (one draw per micro-batch, from --seed and the step, so a "
+                  "resumed run draws the same). 0: bidirectional from the first step. Needs eager, sdpa or "
+                  "flex_attention (flash-attention takes no such mask); not with --objective bd3lm."},
+    )
     # Rows reach the collator untouched (messages, images); the collator tokenises them.
     remove_unused_columns: bool = field(
         default=False,
@@ -89,6 +104,12 @@ class MDLMConfig(TrainingArguments):
             if getattr(self, name) not in allowed:  # Literal hints are not checked outside the command line
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         make_schedule(self.schedule, self.schedule_power)  # raises on a power the schedule does not take
+        if not (isinstance(self.attention_annealing_steps, int) and self.attention_annealing_steps >= 0):
+            raise ValueError(f"attention_annealing_steps must be a non-negative integer, got "
+                             f"{self.attention_annealing_steps!r}")
+        if self.attention_annealing_steps and getattr(self, "block_size", None) is not None:  # BD3LMConfig's option
+            raise ValueError("attention_annealing_steps is for the mdlm objective: bd3lm's blocks are bidirectional "
+                             "from the first step (its block-causal mask is not annealed)")
         if self.remove_unused_columns:
             warnings.warn(
                 "remove_unused_columns=True: Trainer will drop every dataset column the model's forward does not "
@@ -198,6 +219,11 @@ class MDLMTrainer(Trainer):
             mask_prob = mask_prob.index_select(0, documents.clamp_min(0).flatten()).view_as(input_ids)  # [B, L]
         noisy_ids, masked = mask_tokens(input_ids, labels, mask_prob, self.mask_token_id,
                                         uniforms=uniforms)  # [B, L], [B, L]
+        #    Attention annealing: until step N part of the causal mask is kept (drawn last, from the same generator,
+        #    so t and the masks are those of a run without annealing).
+        relaxed = self._relaxed_attention(input_ids.shape[1], input_ids.device, generator)  # [L, L] or None
+        if relaxed is not None:
+            inputs["relaxed_attention"] = relaxed
 
         # 3. Denoise x_t (the objective's own forward, see _denoise). Only masked positions enter the loss, so the
         #    output head runs there alone: the logits are [N, V], not [B, L, V] (N = masked tokens). An evaluation
@@ -279,6 +305,20 @@ class MDLMTrainer(Trainer):
         u = torch.rand(shape, device=input_ids.device, generator=generator)[rank]
         return sample_document_t(documents, u, eps=args.time_eps, antithetic=antithetic)
 
+    def _relaxed_attention(self, length: int, device: torch.device,
+                           generator: torch.Generator) -> torch.Tensor | None:
+        """The key-after-query entries attention sees in this micro-batch, bool [L, L], while attention is annealed
+        (:func:`~dllm.core.models.masked_lm.annealed_attention_fraction` of ``global_step``: resumed runs continue
+        the schedule); None when annealing is off or over (the model's own bidirectional attention). Evaluation
+        uses the fraction of the step it runs at."""
+        steps = self.args.attention_annealing_steps
+        if not steps:
+            return None
+        fraction = annealed_attention_fraction(self.state.global_step, steps)
+        if fraction >= 1.0:
+            return None
+        return draw_relaxed_attention(length, fraction, generator=generator, device=device)
+
     def _noise_generator(self, training: bool, device: torch.device) -> torch.Generator:
         """The generator of one micro-batch's ``t`` and masks, seeded by where the micro-batch stands.
 
@@ -313,6 +353,12 @@ class MDLMTrainer(Trainer):
         if self.objective == "mdlm" and block_diffusion_size(base.config) is not None:
             raise ValueError("the model is block-diffusion (config.json dllm_objective 'bd3lm'), so its forward is "
                              "block-causal: train it with BD3LMTrainer (dllm sft --objective bd3lm)")
+        if self.args.attention_annealing_steps and self.objective != "mdlm":
+            raise ValueError(f"attention_annealing_steps is for the mdlm objective, not {self.objective}")
+        if self.args.attention_annealing_steps and is_flash_attention(base.config):
+            raise ValueError(f"attention_annealing_steps needs a partly causal attention mask, which "
+                             f"{base.config._attn_implementation} does not take: load the model with "
+                             "--attn_implementation sdpa, eager or flex_attention")
 
     def _resolve_mask_token_id(self, explicit: int | None) -> int:
         unwrapped = self.accelerator.unwrap_model(self.model)
