@@ -148,6 +148,10 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: An
         raise UsageError(f"{'dllm pt' if mode.name == 'pt' else '--packing'} is for text models: {family.name} rows "
                          "keep one conversation (and its images) each")
     trainer_class = family.trainer_for(OBJECTIVES[getattr(training_args, "objective", "mdlm")][1])
+    if getattr(training_args, "attention_annealing_steps", 0) and "flash" in (model_args.attn_implementation or ""):
+        raise UsageError(f"--attention_annealing_steps needs a partly causal attention mask, which "
+                         f"--attn_implementation {model_args.attn_implementation} does not take: use sdpa, eager or "
+                         "flex_attention")
     _prepare_output(mode, checkpoint, [model_args, data_args, training_args, family_args])
 
     # 1. Data first, so a bad spec, file or row stops the run before any weights load.

@@ -241,3 +241,16 @@ def test_refused_combinations_say_so_in_one_line(tmp_path):
         MDLMTrainer(model=masked, args=args(tmp_path))
     with pytest.raises(ValueError, match="flash_attention_2 does not take"):
         masked(**packed_rows(), relaxed_attention=torch.zeros(12, 12, dtype=torch.bool))
+
+
+def test_the_recipe_refuses_annealing_with_flash_attention_before_any_work(tmp_path):
+    from dllm.errors import UsageError
+    from dllm.sft import recipe
+
+    parsed = recipe.parse_args(["--model_name_or_path", str(tmp_path / "model"), "--output_dir", str(tmp_path / "out"),
+                                "--dataset_args", str(tmp_path / "missing.jsonl"), "--attention_annealing_steps", "4",
+                                "--attn_implementation", "flash_attention_2", "--use_cpu", "True"])
+    with pytest.raises(UsageError, match="attention_annealing_steps needs a partly causal") as err:
+        recipe.main(*parsed, model_config=tiny_llama_config())
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()  # refused before writing anything (and before reading the data)
