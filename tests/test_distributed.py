@@ -54,10 +54,10 @@ def _env() -> dict[str, str]:
 
 
 def accelerate_launch(config: str, launch_flags: list[str], script_flags: list[str],
-                      timeout: int = 600) -> subprocess.CompletedProcess:
+                      timeout: int = 600, script: str = SCRIPT) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file scripts/accelerate_configs/<config>.yaml ... examples/llama3/sft.py``."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / f"{config}.yaml"),
-           "--main_process_port", "0", *launch_flags, str(ROOT / SCRIPT), *script_flags]
+           "--main_process_port", "0", *launch_flags, str(ROOT / script), *script_flags]
     result = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=timeout)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
@@ -408,6 +408,23 @@ def test_ddp_two_ranks_train_on_packed_rows(tmp_path, char_tokenizer):
     assert re.search(r"packing train: 24 conversations in \d rows of 96 tokens", result.stdout + result.stderr)
     losses = logged(result, "loss")
     assert len(losses) == 2 and all(l == l and 0 < l < 20 for l in losses)
+
+
+def test_ddp_pretraining_two_processes_equal_one_process(one_step_workspace):
+    """examples/llama3/pt.py (dllm pt) on raw text under ddp.yaml, 2 processes x batch 2 == 1 process x batch 4
+    after one SGD step: same loss, same weights (4 documents of different lengths, one packed row each)."""
+    tmp = one_step_workspace["tmp"]
+    docs = tmp / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": "w" * n}) + "\n" for n in (36, 41, 47, 55)))
+    runs = {}
+    for name, config, flags, batch in (("pt-single", "cpu", [], 4), ("pt-ddp", "ddp", TWO_CPU_PROCESSES, 2)):
+        runs[name] = accelerate_launch(config, flags, [
+            "--model_name_or_path", str(one_step_workspace["base"]), "--dataset_args", f"{docs}[train:4]",
+            "--output_dir", str(tmp / name), "--per_device_train_batch_size", str(batch), *ONE_SGD_STEP],
+            script="examples/llama3/pt.py")
+    assert logged(runs["pt-ddp"], "epoch")[0] == pytest.approx(1.0)  # 2 processes x 2 rows covered the 4 rows
+    assert logged(runs["pt-ddp"], "loss")[0] == pytest.approx(logged(runs["pt-single"], "loss")[0], rel=1e-3)
+    assert_same_weights(tmp / "pt-ddp", tmp / "pt-single", one_step_workspace["base"])
 
 
 # Checked before the fixtures run (an in-test importorskip would first pay for the reference run).
