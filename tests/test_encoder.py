@@ -303,3 +303,45 @@ def test_a_max_seq_length_beyond_the_positions_is_one_line_before_training(sft_r
         run(None, ["--model_name_or_path", str(checkpoints["bert"]), "--dataset_args", str(data),
                    "--output_dir", str(tmp_path / "o"), *flags])
     assert not (tmp_path / "o").exists()
+
+
+def test_dllm_serve_and_chat_settings_on_the_trained_bert(sft_run):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from dllm.core.sampling.config import SamplerSettingError
+    from dllm.inference.chat import parse_settings
+    from dllm.inference.loading import CheckpointArguments, load_checkpoint
+    from dllm.inference.server import ServeArguments, create_app
+
+    loaded = load_checkpoint(str(sft_run[1]), CheckpointArguments(device="cpu"))
+    with pytest.raises(SamplerSettingError, match="32 positions"):
+        parse_settings(loaded.generation_config, "gen_length=40", loaded.model.config)
+    with TestClient(create_app(loaded, ServeArguments(max_tokens_limit=8))) as client:
+        reply = client.post("/v1/chat/completions", json={
+            "model": loaded.default_name, "messages": [{"role": "user", "content": "repeat 3"}], "cache": "prefix"})
+    assert reply.status_code == 200, reply.text
+    assert isinstance(reply.json()["choices"][0]["message"]["content"], str)
+
+
+def test_the_elbo_of_an_encoder_does_not_depend_on_the_padding_side(checkpoints):
+    from dllm.core.likelihood import elbo_nll
+
+    model = AutoModelForMaskedDiffusion.from_pretrained(str(checkpoints["roberta"])).eval()
+    tok = AutoTokenizer.from_pretrained(str(checkpoints["roberta"]))
+    prompts = [tok("user: hello world", add_special_tokens=False)["input_ids"], [tok.bos_token_id]]
+    answers = [tok(" 12 12", add_special_tokens=False)["input_ids"], tok(" sort", add_special_tokens=False)["input_ids"]]
+    left, right = (elbo_nll(model, prompts, answers, tok.mask_token_id, num_samples=4, pad_token_id=tok.pad_token_id,
+                            padding_side=side).nll for side in ("left", "right"))
+    torch.testing.assert_close(left, right)
+
+
+def test_the_demo_builds_a_tiny_bert_and_refuses_block_diffusion_for_it():
+    from dllm.demo.run import DemoArguments, demo_config, parse_arguments
+    from dllm.demo.tokenizer import build_char_tokenizer
+
+    config = demo_config(DemoArguments(model_type="bert"), build_char_tokenizer())
+    assert isinstance(config, BertConfig) and config.max_position_embeddings == 128
+    assert AutoModelForMaskedDiffusion.class_for_config(config).__name__ == "BertForMaskedDiffusionLM"
+    with pytest.raises(UsageError, match="--objective bd3lm .*--model_type bert"):
+        parse_arguments(["--model_type", "bert", "--objective", "bd3lm"])
