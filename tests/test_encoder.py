@@ -12,10 +12,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
+    AutoModel,
     AutoModelForMaskedLM,
     AutoTokenizer,
     BertConfig,
-    BertModel,
     BertTokenizerFast,
     ModernBertConfig,
     PreTrainedTokenizerFast,
@@ -26,7 +26,7 @@ from transformers import (
 from dllm.auto import AutoModelForMaskedDiffusion, check_sequence_length, load_encoder_tokenizer, recipe_family
 from dllm.core.models import add_mask_token
 from dllm.core.models.encoder import EncoderMaskedLMMixin, position_limit
-from dllm.core.sampling import DiffusionGenerationConfig, generate, generate_text
+from dllm.core.sampling import DiffusionGenerationConfig, forward, generate, generate_text
 from dllm.data.chat_templates import DEFAULT_CHAT_TEMPLATE, supply_chat_template
 from dllm.data.collator import tokenize_messages
 from dllm.errors import UsageError
@@ -126,26 +126,29 @@ def test_from_pretrained_keeps_the_checkpoints_head_and_mask_token(checkpoints, 
     assert recipe_family(model.config).name == "encoder"
 
 
-def test_a_headless_bert_gets_a_tied_head_named_in_one_log_line(tmp_path, caplog):
-    config, tok = tiny("bert")
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_headless_checkpoint_gets_a_tied_head_named_in_one_log_line(tmp_path, caplog, kind):
+    config, tok = tiny(kind)
     config.tie_word_embeddings = False  # a sentence-embedding checkpoint may say so; the new head is tied anyway
-    BertModel(config).save_pretrained(tmp_path)
+    AutoModel.from_config(config).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertModel"]
+    base = {"bert": "BertModel", "roberta": "RobertaModel", "modernbert": "ModernBertModel"}[kind]
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == [base]
     caplog.clear()  # saving logs lines of its own
     with caplog.at_level(logging.INFO):
         model = AutoModelForMaskedDiffusion.from_pretrained(str(tmp_path))
     lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(lines) == 1, lines
-    for name in ("cls.predictions.bias", "cls.predictions.transform.dense.weight",
-                 "cls.predictions.transform.LayerNorm.weight"):
-        assert name in lines[0]
-    assert "bert.embeddings" not in lines[0] and "tied to the word embeddings" in lines[0]
+    head = sorted(name for name, _ in model.named_parameters() if not name.startswith(model.base_model_prefix + "."))
+    assert head and lines[0].endswith("new parameters (random until trained): " + ", ".join(head)
+                                      + "; its output layer is tied to the word embeddings")
     decoder, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
-    assert decoder.data_ptr() == embedding.data_ptr()  # one storage: the head is the embedding
-    body = BertModel.from_pretrained(str(tmp_path))
-    torch.testing.assert_close(model.bert.encoder.layer[0].attention.self.query.weight,
-                               body.encoder.layer[0].attention.self.query.weight)
+    assert decoder.data_ptr() == embedding.data_ptr()  # one storage: the head's output layer is the embedding
+    body = AutoModel.from_pretrained(str(tmp_path))
+    backbone = dict(model.base_model.named_parameters())
+    for name, weight in body.named_parameters():  # the backbone is the checkpoint's (BERT's pooler is not kept)
+        if not name.startswith("pooler."):
+            torch.testing.assert_close(backbone[name], weight)
 
 
 def test_position_limits_before_training_and_sampling(checkpoints):
@@ -196,7 +199,7 @@ def test_packed_documents_see_only_themselves(checkpoints, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_sampling_fills_the_answer_and_caches_fall_back_to_none(checkpoints, kind, caplog):
+def test_sampling_fills_the_answer_and_caches_fall_back_to_none(checkpoints, kind, caplog, monkeypatch):
     model = AutoModelForMaskedDiffusion.from_pretrained(str(checkpoints[kind])).eval()
     tok = load_encoder_tokenizer(str(checkpoints[kind]))
     config = DiffusionGenerationConfig(gen_length=6, block_size=3, steps=4, mask_token_id=tok.mask_token_id,
@@ -205,10 +208,14 @@ def test_sampling_fills_the_answer_and_caches_fall_back_to_none(checkpoints, kin
     exact = generate(model, ids, config)
     assert exact.sequences.shape == (1, ids.shape[1] + 6)
     assert not (exact.sequences[:, ids.shape[1]:] == tok.mask_token_id).any()
-    for cache in ("prefix", "dual"):
+    monkeypatch.setattr(forward, "_FELL_BACK", set())
+    for cache, lines in (("prefix", 1), ("dual", 1), ("prefix", 0)):  # one line per model class and mode
+        caplog.clear()
         with caplog.at_level(logging.WARNING):
             out = generate(model, ids, DiffusionGenerationConfig(**{**vars(config), "cache": cache}))
         assert torch.equal(out.sequences, exact.sequences) and out.forward_passes == exact.forward_passes
+        said = [r.getMessage() for r in caplog.records if "needs a key/value cache" in r.getMessage()]
+        assert len(said) == lines and all("sampling with cache='none'" in line for line in said)
     with pytest.raises(ValueError, match="cache='block' needs a block-diffusion model"):
         generate(model, ids, DiffusionGenerationConfig(**{**vars(config), "cache": "block"}))
     assert len(generate_text(model, tok, ["hello", "sort 8 2"], config)) == 2  # through the chat template
