@@ -31,7 +31,13 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from dllm.core.models import masked_lm_class
-from dllm.core.models.encoder import encoder_class_for_config, has_masked_lm_head, is_encoder_config, position_limit
+from dllm.core.models.encoder import (
+    EncoderMaskedLMMixin,
+    encoder_class_for_config,
+    has_masked_lm_head,
+    is_encoder_config,
+    position_limit,
+)
 from dllm.core.models.masked_lm import text_config
 from dllm.data.chat_templates import ChatTemplateOptions, supply_chat_template
 from dllm.data.collator import SFTDataCollator
@@ -190,11 +196,13 @@ def _weights_error(name_or_path: str, err: SafetensorError) -> UsageError:
 
 
 class AutoModelForMaskedDiffusion:
-    """Load any decoder checkpoint as a bidirectional masked diffusion LM (like ``AutoModelForCausalLM``).
+    """Load any decoder checkpoint as a bidirectional masked diffusion LM (like ``AutoModelForCausalLM``), or any
+    encoder with a masked-LM class (BERT, RoBERTa, ModernBERT) with its own head (a new tied one if it has none).
 
     Example::
 
         model = AutoModelForMaskedDiffusion.from_pretrained("meta-llama/Meta-Llama-3-8B-Instruct", dtype="auto")
+        model = AutoModelForMaskedDiffusion.from_pretrained("answerdotai/ModernBERT-large")
     """
 
     def __init__(self) -> None:
@@ -203,13 +211,15 @@ class AutoModelForMaskedDiffusion:
     @staticmethod
     def class_for_config(config: PretrainedConfig, source: str = "config",
                          trust_remote_code: bool = False) -> type[PreTrainedModel]:
-        """The masked-LM class for a config: the family's own, else the generic subclass of its causal LM. With
+        """The masked-LM class for a config: the family's own, else an encoder's ``*ForMaskedLM`` subclass
+        (:func:`~dllm.core.models.encoder.encoder_masked_lm_class`), else the generic subclass of its causal LM. With
         ``trust_remote_code``, a config whose ``auto_map`` names an ``AutoModelForCausalLM`` class gets the
         generic subclass of that class, the checkpoint's own code read from ``source`` (as transformers'
         ``AutoModelForCausalLM`` prefers it).
 
         Raises:
-            ValueError: transformers has no causal-LM class for this ``model_type`` (naming ``source``).
+            ValueError: transformers has no causal-LM (nor encoder masked-LM) class for this ``model_type`` (naming
+                ``source``).
         """
         remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
         if trust_remote_code and remote:
@@ -223,8 +233,8 @@ class AutoModelForMaskedDiffusion:
             return encoder_class_for_config(config)
         if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
             raise UsageError(
-                f"{source}: model_type {config.model_type!r} has no causal-LM class in transformers, so it "
-                "cannot be loaded as a masked diffusion LM"
+                f"{source}: model_type {config.model_type!r} has no causal-LM class in transformers (nor a "
+                "masked-LM one, as encoders have), so it cannot be loaded as a masked diffusion LM"
             )
         return masked_lm_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
 
@@ -248,7 +258,7 @@ class AutoModelForMaskedDiffusion:
             config = load_config(name_or_path, trust_remote_code=trust_remote_code)
         model_class = cls.class_for_config(config, source=str(name_or_path), trust_remote_code=trust_remote_code)
         try:
-            if is_encoder_config(config) and not getattr(config, "auto_map", None):
+            if issubclass(model_class, EncoderMaskedLMMixin):
                 return _load_encoder(model_class, name_or_path, config, kwargs)
             return model_class.from_pretrained(name_or_path, config=config, **kwargs)
         except SafetensorError as err:
