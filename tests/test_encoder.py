@@ -196,6 +196,9 @@ def test_packed_documents_see_only_themselves(checkpoints, kind):
         together = model(input_ids=packed, position_ids=positions, document_ids=documents).logits[0]
         alone = torch.cat([model(input_ids=torch.tensor([d])).logits[0] for d in docs])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)
+    model.config._attn_implementation = "flash_attention_2"  # no mask of this shape reaches flash-attention
+    with pytest.raises(ValueError, match="packing .*'sdpa' or 'eager'"):
+        model(input_ids=packed, position_ids=positions, document_ids=documents)
 
 
 @pytest.mark.parametrize("kind", KINDS)
