@@ -302,6 +302,9 @@ def test_dllm_sample_on_the_trained_bert(sft_run, capsys):
     assert cli_main(["sample", str(out), "repeat 3", "--cache", "prefix", "--block_size", "4"]) == 0
     assert cli_main(["sample", str(out), "repeat 3", "--gen_length", "40"]) == 2  # beyond 32 positions
     assert "32 positions" in capsys.readouterr().err
+    assert cli_main(["sample", str(out), "repeat 3", "--cache", "block"]) == 2
+    err = capsys.readouterr().err  # one line, after the weights' progress bar
+    assert "Traceback" not in err and "cache='block' needs a block-diffusion model" in err.splitlines()[-1]
 
 
 def test_a_max_seq_length_beyond_the_positions_is_one_line_before_training(sft_run, checkpoints, tmp_path):

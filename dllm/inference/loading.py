@@ -28,6 +28,7 @@ from dllm.core.models.encoder import is_encoder_config
 from dllm.core.models.masked_lm import check_mask_token_id, find_mask_token_id
 from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.core.sampling.config import SamplerSettingError, fields_of_kind
+from dllm.core.sampling.forward import check_cache_mode
 from dllm.data.chat_templates import supply_chat_template
 from dllm.errors import UsageError
 from dllm.options import DTYPES, OptionParser, torch_dtype
@@ -255,6 +256,10 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
         check_mask_token_id(model, mask_id)
     except ValueError as err:
         raise UsageError(f"{checkpoint}: mask token id {mask_id} is not a row of the embedding matrix") from err
+    try:  # a cache this model cannot use (block on a whole-answer model, dual on a block-diffusion one)
+        check_cache_mode(model, generation.cache)
+    except ValueError as err:
+        raise UsageError(f"{checkpoint}: {err} (--cache, else the checkpoint's {GENERATION_CONFIG_NAME})") from err
     return LoadedCheckpoint(checkpoint, model.to(_device(options.device)).eval(), tokenizer, generation,
                             options.trust_remote_code)
 
