@@ -6,6 +6,9 @@ picks the class by ``model_type``:
 - a family of :data:`FAMILIES` (LLaMA 3, Gemma 2, Qwen3-VL) gets its own wrapper, with that family's defaults
   (Gemma 2: eager attention, for its logit softcapping; Qwen3-VL: :class:`~dllm.pipelines.qwen3_vl.Qwen3VLForMaskedLM`,
   the vision tower frozen, and its hooks into the one SFT recipe: processor, collator, trainer);
+- an encoder with a masked-LM class in transformers (BERT, RoBERTa, ModernBERT, ...) gets the subclass of its
+  ``*ForMaskedLM`` class (:func:`dllm.core.models.encoder.encoder_masked_lm_class`), its own head kept or, for a
+  headless checkpoint (``architectures: ["BertModel"]``), a new head tied to its word embeddings;
 - any other causal LM that transformers knows (Qwen3, Mistral, Phi-3, ...) gets the generic bidirectional
   subclass of its ``*ForCausalLM`` class (:func:`dllm.core.models.masked_lm_class`).
 
@@ -16,6 +19,7 @@ This module sits above :mod:`dllm.core` and the pipelines: the core never import
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +31,15 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from dllm.core.models import masked_lm_class
+from dllm.core.models.encoder import (
+    EncoderMaskedLMMixin,
+    encoder_class_for_config,
+    has_masked_lm_head,
+    is_encoder_config,
+    position_limit,
+)
+from dllm.core.models.masked_lm import text_config
+from dllm.data.chat_templates import ChatTemplateOptions, supply_chat_template
 from dllm.data.collator import SFTDataCollator
 from dllm.errors import UsageError
 from dllm.pipelines.gemma2 import Gemma2ForMaskedLM
@@ -34,6 +47,7 @@ from dllm.pipelines.llama3 import Llama3ForMaskedLM
 from dllm.pipelines.qwen3_vl import Qwen3VLForMaskedLM
 from dllm.pipelines.qwen3_vl.options import Qwen3VLOptions
 
+logger = logging.getLogger(__name__)
 
 # What a hub id looks like ("org/name" or "name"); anything else that is not a folder is a missing folder.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -182,11 +196,13 @@ def _weights_error(name_or_path: str, err: SafetensorError) -> UsageError:
 
 
 class AutoModelForMaskedDiffusion:
-    """Load any decoder checkpoint as a bidirectional masked diffusion LM (like ``AutoModelForCausalLM``).
+    """Load any decoder checkpoint as a bidirectional masked diffusion LM (like ``AutoModelForCausalLM``), or any
+    encoder with a masked-LM class (BERT, RoBERTa, ModernBERT) with its own head (a new tied one if it has none).
 
     Example::
 
         model = AutoModelForMaskedDiffusion.from_pretrained("meta-llama/Meta-Llama-3-8B-Instruct", dtype="auto")
+        model = AutoModelForMaskedDiffusion.from_pretrained("answerdotai/ModernBERT-large")
     """
 
     def __init__(self) -> None:
@@ -195,13 +211,15 @@ class AutoModelForMaskedDiffusion:
     @staticmethod
     def class_for_config(config: PretrainedConfig, source: str = "config",
                          trust_remote_code: bool = False) -> type[PreTrainedModel]:
-        """The masked-LM class for a config: the family's own, else the generic subclass of its causal LM. With
+        """The masked-LM class for a config: the family's own, else an encoder's ``*ForMaskedLM`` subclass
+        (:func:`~dllm.core.models.encoder.encoder_masked_lm_class`), else the generic subclass of its causal LM. With
         ``trust_remote_code``, a config whose ``auto_map`` names an ``AutoModelForCausalLM`` class gets the
         generic subclass of that class, the checkpoint's own code read from ``source`` (as transformers'
         ``AutoModelForCausalLM`` prefers it).
 
         Raises:
-            ValueError: transformers has no causal-LM class for this ``model_type`` (naming ``source``).
+            ValueError: transformers has no causal-LM (nor encoder masked-LM) class for this ``model_type`` (naming
+                ``source``).
         """
         remote = (getattr(config, "auto_map", None) or {}).get("AutoModelForCausalLM")
         if trust_remote_code and remote:
@@ -211,10 +229,12 @@ class AutoModelForMaskedDiffusion:
         family = family_for_model_type(config.model_type)
         if family is not None:
             return family.model_class
+        if is_encoder_config(config):
+            return encoder_class_for_config(config)
         if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
             raise UsageError(
-                f"{source}: model_type {config.model_type!r} has no causal-LM class in transformers, so it "
-                "cannot be loaded as a masked diffusion LM"
+                f"{source}: model_type {config.model_type!r} has no causal-LM class in transformers (nor a "
+                "masked-LM one, as encoders have), so it cannot be loaded as a masked diffusion LM"
             )
         return masked_lm_class(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
 
@@ -238,9 +258,45 @@ class AutoModelForMaskedDiffusion:
             config = load_config(name_or_path, trust_remote_code=trust_remote_code)
         model_class = cls.class_for_config(config, source=str(name_or_path), trust_remote_code=trust_remote_code)
         try:
+            if issubclass(model_class, EncoderMaskedLMMixin):
+                return _load_encoder(model_class, name_or_path, config, kwargs)
             return model_class.from_pretrained(name_or_path, config=config, **kwargs)
         except SafetensorError as err:
             raise _weights_error(name_or_path, err) from err
+
+
+# transformers' loggers that report missing weights (a table, and a line per tied pair): an encoder's new head is
+# expected, and reported in one line instead.
+_LOADING_LOGGERS = ("transformers.modeling_utils", "transformers.utils.loading_report")
+
+
+def _load_encoder(model_class: type[PreTrainedModel], name_or_path: str, config: PretrainedConfig,
+                  kwargs: dict[str, Any]) -> PreTrainedModel:
+    """An encoder checkpoint as ``model_class``: a headless one (``architectures: ["BertModel"]``, as
+    sentence-embedding checkpoints ship) gets the masked-LM head, its output layer tied to the word embeddings
+    (transformers initialises the rest); any weight the checkpoint lacks is named in one log line."""
+    headless = not has_masked_lm_head(config)
+    if headless:
+        text_config(config).tie_word_embeddings = True
+    # A filter, not a level: transformers checks more (its tensor-parallel plan) when its logger's level is raised.
+    loggers = [logging.getLogger(name) for name in _LOADING_LOGGERS]
+    quiet = lambda record: record.levelno >= logging.ERROR  # noqa: E731
+    for log in loggers:
+        log.addFilter(quiet)
+    try:
+        model, info = model_class.from_pretrained(name_or_path, config=config, output_loading_info=True, **kwargs)
+    finally:
+        for log in loggers:
+            log.removeFilter(quiet)
+    parameters = dict(model.named_parameters())
+    new = sorted(name for name in info["missing_keys"] if name in parameters)
+    if new:
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        logger.warning("%s: %s; new parameters (random until trained): %s%s", name_or_path,
+                       f"no masked-LM head (architectures {config.architectures}), so {model_class.__name__} adds one"
+                       if headless else f"the checkpoint lacks weights of {model_class.__name__}", ", ".join(new),
+                       "; its output layer is tied to the word embeddings" if tied else "")
+    return model
 
 
 def _auto_model(checkpoint: str, load_kwargs: dict[str, Any], options: Any = None) -> PreTrainedModel:
@@ -333,11 +389,66 @@ GENERIC_FAMILY = ModelFamily("generic", "*")
 """Any other causal LM transformers knows (Qwen3, Mistral, ...): the text hooks, the generic bidirectional class."""
 
 
+def load_encoder_tokenizer(name_or_path: str, trust_remote_code: bool = False,
+                           config: PretrainedConfig | None = None) -> Any:
+    """An encoder's tokenizer (:func:`load_tokenizer`) with an end-of-turn token and a chat template where it has
+    none (:func:`dllm.data.chat_templates.supply_chat_template`); its own ``[MASK]`` / ``<mask>`` is the mask
+    token."""
+    return supply_chat_template(load_tokenizer(name_or_path, trust_remote_code, config))
+
+
+def _encoder_collator(tokenizer: PreTrainedTokenizerBase, data_args: Any,
+                      options: ChatTemplateOptions | None = None) -> SFTDataCollator:
+    """The text collator, after ``--chat_template`` (when given) replaced the tokenizer's template: the rows are
+    rendered (and the checkpoint's tokenizer saved) with it."""
+    if options is not None and options.chat_template is not None:
+        supply_chat_template(tokenizer, options.chat_template)
+    return _text_collator(tokenizer, data_args)
+
+
+def _encoder_trainer(trainer_class: type) -> type:
+    """Encoders train with the whole-answer objectives; block diffusion samples with a key/value cache of finished
+    blocks, which an encoder does not keep."""
+    from dllm.core.trainers import BD3LMTrainer
+
+    if issubclass(trainer_class, BD3LMTrainer):
+        raise UsageError("--objective bd3lm: block diffusion decodes with a key/value cache of finished blocks, which "
+                         "an encoder (BERT, RoBERTa, ModernBERT) does not keep; use --objective mdlm")
+    return trainer_class
+
+
+ENCODER_FAMILY = ModelFamily("encoder", "*", options=ChatTemplateOptions, load_processing=load_encoder_tokenizer,
+                             build_collator=_encoder_collator, trainer_for=_encoder_trainer)
+"""Any encoder with a masked-LM class (BERT, RoBERTa, ModernBERT, ...): the text hooks, with a chat template
+supplied where the tokenizer has none (``--chat_template`` replaces it) and block diffusion refused."""
+
+
 def family_for_model_type(model_type: str) -> ModelFamily | None:
     """The family whose checkpoints have this ``model_type``, or None (the generic wrapper serves it)."""
     return _BY_MODEL_TYPE.get(model_type)
 
 
 def recipe_family(config: PretrainedConfig) -> ModelFamily:
-    """The family whose hooks train a checkpoint of this config: its own, else :data:`GENERIC_FAMILY`."""
-    return family_for_model_type(config.model_type) or GENERIC_FAMILY
+    """The family whose hooks train a checkpoint of this config: its own, else :data:`ENCODER_FAMILY` for an
+    encoder, else :data:`GENERIC_FAMILY`."""
+    family = family_for_model_type(config.model_type)
+    if family is not None:
+        return family
+    return ENCODER_FAMILY if is_encoder_config(config) else GENERIC_FAMILY
+
+
+def check_sequence_length(config: PretrainedConfig, length: int | None, source: str,
+                          flag: str = "--max_seq_length") -> None:
+    """Refuse, before any work, rows longer than an encoder's absolute positions (BERT 512; RoBERTa's
+    ``max_position_embeddings`` 514 less its padding offset); decoders (rotary positions) are not limited here.
+
+    Raises:
+        UsageError: naming ``flag``, the checkpoint and its limit.
+    """
+    limit = position_limit(config) if is_encoder_config(config) else None
+    if length is None or limit is None or length <= limit:
+        return
+    offset = config.max_position_embeddings - limit
+    raise UsageError(f"{flag} {length} exceeds the {limit} positions of {source} (max_position_embeddings "
+                     f"{config.max_position_embeddings}" + (f" less its padding offset {offset}" if offset else "")
+                     + f"); use {flag} {limit} or less")

@@ -34,7 +34,9 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import (
     AutoTokenizer,
+    BertConfig,
     LlamaConfig,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     SchedulerType,
@@ -58,6 +60,7 @@ from dllm.demo.tasks import (
     make_examples,
 )
 from dllm.demo.tokenizer import build_char_tokenizer
+from dllm.errors import UsageError
 from dllm.options import OptionParser
 from dllm.demo.training import (  # noqa: F401  (WallClockBudget, CharChatEncoder, on_budget_clock: re-exported)
     BUDGET_CLOCK_TRAINERS,
@@ -105,6 +108,11 @@ class DemoArguments:
     objective: Literal["mdlm", "bd3lm"] = field(
         default="mdlm", metadata={"help": "'mdlm': one bidirectional block over the answer canvas; 'bd3lm': block "
                                   "diffusion (--block_size), decoded block by block with the exact block cache."}
+    )
+    model_type: Literal["llama", "bert"] = field(
+        default="llama", metadata={"help": "'llama': a LLaMA 3 block stack made bidirectional; 'bert': a BERT encoder "
+                                   "(BertForMaskedLM: learned absolute positions, post-LayerNorm, GELU), the "
+                                   "encoder path of AutoModelForMaskedDiffusion. Same sizes; --rope_theta is LLaMA's."}
     )
     plot: bool = field(
         default=True, metadata={"help": "Draw loss.png (needs matplotlib: pip install 'dllm[plot]'; checked at "
@@ -208,17 +216,25 @@ class DemoTrainingConfig(BD3LMConfig):
     include_num_input_tokens_seen: str | bool = field(default=True, metadata={"help": "Count tokens (for tokens/s)."})
 
 
+def demo_config(args: DemoArguments, tokenizer: PreTrainedTokenizerBase) -> PretrainedConfig:
+    """The tiny model's config: LLaMA 3 (RoPE base ``rope_theta``) or, with ``--model_type bert``, a BERT encoder of
+    the same sizes (no dropout, as the LLaMA one has none); tied embeddings, 128 positions, the tokenizer's ids."""
+    ids = dict(pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id, mask_token_id=tokenizer.mask_token_id)
+    sizes = dict(vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+                 num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
+                 max_position_embeddings=128, tie_word_embeddings=True)
+    if args.model_type == "bert":
+        return BertConfig(**sizes, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **ids)
+    return LlamaConfig(**sizes, num_key_value_heads=args.num_attention_heads,
+                       rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta}, **ids)
+
+
 def build_tokenizer_and_model(args: DemoArguments) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Character tokenizer + random-init LLaMA 3 masked LM, saved and reloaded through ``from_pretrained``."""
+    """Character tokenizer + random-init masked LM (LLaMA 3, or BERT with ``--model_type bert``), saved and
+    reloaded through ``from_pretrained``."""
     tokenizer = build_char_tokenizer(DEMO_ALPHABET)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.num_hidden_layers, num_attention_heads=args.num_attention_heads,
-        num_key_value_heads=args.num_attention_heads, max_position_embeddings=128, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": args.rope_theta},
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, mask_token_id=tokenizer.mask_token_id,
-    )
+    config = demo_config(args, tokenizer)
     with tempfile.TemporaryDirectory() as init_dir:
         AutoModelForMaskedDiffusion.from_config(config).save_pretrained(init_dir)
         tokenizer.save_pretrained(init_dir)
@@ -333,6 +349,9 @@ def parse_arguments(argv: list[str] | None) -> tuple[DemoArguments, DemoTraining
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.disable_progress_bar()  # no "Loading weights" bars for a 1 MB checkpoint
     args, train_args = OptionParser((DemoArguments, DemoTrainingConfig), prog="dllm demo").parse(argv)  # --config too
+    if args.model_type == "bert" and args.objective == "bd3lm":
+        raise UsageError("--objective bd3lm decodes with a key/value cache of finished blocks, which an encoder "
+                         "(--model_type bert) does not keep; use --objective mdlm with --model_type bert")
     require_matplotlib(args.plot)
     if args.threads:
         torch.set_num_threads(args.threads)

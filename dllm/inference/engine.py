@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dllm.errors import UsageError
+from dllm.core.models.encoder import is_encoder_config, position_limit
 from dllm.core.sampling import DiffusionGenerationConfig, answer_ids, block_bounds, generate, left_pad
 from dllm.core.sampling.loop import BlockCallback
 
@@ -119,7 +120,10 @@ class ContextLengthError(UsageError):
 
 def model_positions(model_config: Any) -> int | None:
     """How many positions the model has (``max_position_embeddings``, in the text config of a vision-language
-    model), or ``None`` when its config does not say."""
+    model; less RoBERTa's padding offset for an encoder, :func:`~dllm.core.models.encoder.position_limit`), or
+    ``None`` when its config does not say."""
+    if model_config is not None and is_encoder_config(model_config):
+        return position_limit(model_config)
     limit = getattr(model_config, "max_position_embeddings", None)
     if limit is None:
         limit = getattr(getattr(model_config, "text_config", None), "max_position_embeddings", None)

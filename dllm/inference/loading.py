@@ -24,9 +24,12 @@ from transformers import PreTrainedModel
 from transformers.utils import cached_file
 
 from dllm.auto import FAMILIES, AutoModelForMaskedDiffusion, load_config, load_tokenizer
+from dllm.core.models.encoder import is_encoder_config
 from dllm.core.models.masked_lm import check_mask_token_id, find_mask_token_id
 from dllm.core.sampling import GENERATION_CONFIG_NAME, DiffusionGenerationConfig, with_tokenizer_ids
 from dllm.core.sampling.config import SamplerSettingError, fields_of_kind
+from dllm.core.sampling.forward import check_cache_mode
+from dllm.data.chat_templates import supply_chat_template
 from dllm.errors import UsageError
 from dllm.options import DTYPES, OptionParser, torch_dtype
 from dllm.inference.engine import ContextLengthError, check_fits
@@ -234,6 +237,8 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
     config = load_config(checkpoint, options.trust_remote_code)
     note_builtin_class(checkpoint, config, options.trust_remote_code)
     tokenizer = load_tokenizer(checkpoint, options.trust_remote_code)
+    if is_encoder_config(config):  # a hub encoder's tokenizer may have no chat template yet (a trained one has)
+        tokenizer = supply_chat_template(tokenizer)
     generation = _generation_config(checkpoint, overrides)
     mask_id = find_mask_token_id(generation.mask_token_id, tokenizer, config)
     if mask_id is None:
@@ -251,6 +256,10 @@ def load_checkpoint(checkpoint: str, options: CheckpointArguments | None = None,
         check_mask_token_id(model, mask_id)
     except ValueError as err:
         raise UsageError(f"{checkpoint}: mask token id {mask_id} is not a row of the embedding matrix") from err
+    try:  # a cache this model cannot use (block on a whole-answer model, dual on a block-diffusion one)
+        check_cache_mode(model, generation.cache)
+    except ValueError as err:
+        raise UsageError(f"{checkpoint}: {err} (--cache, else the checkpoint's {GENERATION_CONFIG_NAME})") from err
     return LoadedCheckpoint(checkpoint, model.to(_device(options.device)).eval(), tokenizer, generation,
                             options.trust_remote_code)
 

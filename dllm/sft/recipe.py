@@ -38,7 +38,7 @@ import torch
 from datasets import DatasetDict
 from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
-from dllm.auto import FAMILIES, GENERIC_FAMILY, ModelFamily, load_config, recipe_family
+from dllm.auto import FAMILIES, GENERIC_FAMILY, ModelFamily, check_sequence_length, load_config, recipe_family
 from dllm.core.models.masked_lm import DEFAULT_MASK_TOKEN, add_mask_token, text_config
 from dllm.core.sampling import DiffusionGenerationConfig, generation_defaults
 from dllm.core.trainers.mdlm_trainer import MDLMTrainer
@@ -143,6 +143,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: An
         raise UsageError("give --model_name_or_path (a hub id or a local checkpoint)")
     config = model_config or load_config(checkpoint, model_args.trust_remote_code)  # the one config.json read
     family = recipe_family(config)
+    check_sequence_length(config, data_args.max_seq_length, checkpoint)  # an encoder's absolute positions
     family_args = family_args if family_args is not None or family.options is None else family.options()
     if not family.text_rows and (mode.name == "pt" or data_args.packing):
         raise UsageError(f"{'dllm pt' if mode.name == 'pt' else '--packing'} is for text models: {family.name} rows "

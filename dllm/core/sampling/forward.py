@@ -41,6 +41,9 @@ them (:func:`split_model_kwargs`):
   therefore concern prompt columns only (before the first block); a prompt-level tensor that happens to end in
   [B, T] would be sliced, so a model with one cannot use this convention.
 
+Encoders (BERT, RoBERTa, ModernBERT: ``takes_kv_cache = False``, see :mod:`dllm.core.models.encoder`) keep no
+keys/values, so ``prefix`` and ``dual`` fall back to ``none`` on them, with one log line (:func:`usable_cache`).
+
 The guidance (``cfg_scale``) pass masks the prompt; it gets the positions alone (:class:`GuidedForward`).
 
 Block diffusion. A block-diffusion model (``config.dllm_objective == "bd3lm"``, trained by
@@ -61,6 +64,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any
 
 import torch
@@ -70,6 +74,7 @@ from dllm.core.models.masked_lm import block_diffusion_size, text_config
 from dllm.core.sampling.config import DiffusionGenerationConfig
 from dllm.core.sampling.decisions import guide
 
+logger = logging.getLogger(__name__)
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """``cumsum(attention_mask) - 1`` clamped at 0 [B, T]: each row counts from its first real token, so a
@@ -138,6 +143,23 @@ def check_cache_mode(model: torch.nn.Module, cache: str) -> None:
     if cache == "dual" and block_diffusion:
         raise ValueError("cache='dual' reorders the cached keys, which a block-diffusion model's mask cannot "
                          "follow; use cache='block' (exact)")
+
+
+_FELL_BACK: set[tuple[type, str]] = set()
+
+
+def usable_cache(model: torch.nn.Module, cache: str) -> str:
+    """``cache``, or ``"none"`` for ``prefix`` / ``dual`` on a model that keeps no keys and values (an encoder:
+    ``takes_kv_cache = False``), logged once per model class and mode: ``none`` computes exactly what those caches
+    approximate, so the answers are the exact ones, only without the saving (and every verb, a sweep over cache
+    modes, a served request naming a cache, keeps working)."""
+    if cache not in ("prefix", "dual") or getattr(model, "takes_kv_cache", True):
+        return cache
+    if (type(model), cache) not in _FELL_BACK:
+        _FELL_BACK.add((type(model), cache))
+        logger.warning("cache=%r needs a key/value cache, which %s (an encoder) does not keep: sampling with "
+                       "cache='none' (exact; each step runs the whole canvas)", cache, type(model).__name__)
+    return "none"
 
 
 def split_model_kwargs(model_kwargs: dict[str, Any] | None,
@@ -212,11 +234,12 @@ class GuidedForward:
                  positions: torch.Tensor, block: tuple[int, int], conditioning: torch.Tensor,
                  model_kwargs: dict[str, Any] | None = None, previous: GuidedForward | None = None):
         check_cache_mode(model, config.cache)
-        if config.cache == "dual":
+        cache = usable_cache(model, config.cache)
+        if cache == "dual":
             check_sliding_window(model, attention_mask.shape[1])
-        self.cond = BlockForward(model, config.cache, attention_mask, positions, *block, model_kwargs,
+        self.cond = BlockForward(model, cache, attention_mask, positions, *block, model_kwargs,
                                  previous=None if previous is None else previous.cond)
-        self.uncond = BlockForward(model, config.cache, attention_mask, positions, *block,
+        self.uncond = BlockForward(model, cache, attention_mask, positions, *block,
                                    previous=None if previous is None else previous.uncond) \
             if config.cfg_scale > 0 else None
         self.conditioning, self.config = conditioning, config
