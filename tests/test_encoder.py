@@ -358,3 +358,32 @@ def test_the_demo_builds_a_tiny_bert_and_refuses_block_diffusion_for_it():
     assert AutoModelForMaskedDiffusion.class_for_config(config).__name__ == "BertForMaskedDiffusionLM"
     with pytest.raises(UsageError, match="--objective bd3lm .*--model_type bert"):
         parse_arguments(["--model_type", "bert", "--objective", "bd3lm"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dllm_pt_trains_an_encoder_on_raw_text_and_it_continues_text(checkpoints, kind, tmp_path, capsys):
+    """``dllm pt`` (the one recipe's raw-text mode) on each encoder: rows within its positions, every token
+    trained, a checkpoint that reloads as the encoder's masked-diffusion class and continues raw text."""
+    from dllm.cli import main as cli
+    from dllm.sft.recipe import run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "out"
+    def with_length(length: str) -> list[str]:
+        flags = list(SFT_FLAGS)
+        flags[flags.index("--max_seq_length") + 1] = length
+        return flags
+
+    trainer = run(None, ["--model_name_or_path", str(checkpoints[kind]), "--dataset_args", str(corpus),
+                         "--output_dir", str(out), *with_length("24")], mode="pt")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    reloaded = AutoModelForMaskedDiffusion.from_pretrained(str(out))
+    assert isinstance(reloaded, EncoderMaskedLMMixin)
+    with pytest.raises(UsageError, match="exceeds the 32 positions"):
+        run(None, ["--model_name_or_path", str(checkpoints[kind]), "--dataset_args", str(corpus),
+                   "--output_dir", str(tmp_path / "long"), *with_length("64")], mode="pt")
+    capsys.readouterr()
+    assert cli(["sample", str(out), "hello world", "--gen_length", "6", "--steps", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
