@@ -410,23 +410,6 @@ def test_ddp_two_ranks_train_on_packed_rows(tmp_path, char_tokenizer):
     assert len(losses) == 2 and all(l == l and 0 < l < 20 for l in losses)
 
 
-def test_ddp_pretraining_two_processes_equal_one_process(one_step_workspace):
-    """examples/llama3/pt.py (dllm pt) on raw text under ddp.yaml, 2 processes x batch 2 == 1 process x batch 4
-    after one SGD step: same loss, same weights (4 documents of different lengths, one packed row each)."""
-    tmp = one_step_workspace["tmp"]
-    docs = tmp / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": "w" * n}) + "\n" for n in (36, 41, 47, 55)))
-    runs = {}
-    for name, config, flags, batch in (("pt-single", "cpu", [], 4), ("pt-ddp", "ddp", TWO_CPU_PROCESSES, 2)):
-        runs[name] = accelerate_launch(config, flags, [
-            "--model_name_or_path", str(one_step_workspace["base"]), "--dataset_args", f"{docs}[train:4]",
-            "--output_dir", str(tmp / name), "--per_device_train_batch_size", str(batch), *ONE_SGD_STEP],
-            script="examples/llama3/pt.py")
-    assert logged(runs["pt-ddp"], "epoch")[0] == pytest.approx(1.0)  # 2 processes x 2 rows covered the 4 rows
-    assert logged(runs["pt-ddp"], "loss")[0] == pytest.approx(logged(runs["pt-single"], "loss")[0], rel=1e-3)
-    assert_same_weights(tmp / "pt-ddp", tmp / "pt-single", one_step_workspace["base"])
-
-
 # Checked before the fixtures run (an in-test importorskip would first pay for the reference run).
 needs_deepspeed = pytest.mark.skipif(
     importlib.util.find_spec("deepspeed") is None or shutil.which("c++") is None,
@@ -447,3 +430,34 @@ def test_deepspeed_two_processes_equal_one_process(single_process_step, one_step
     assert logged(result, "loss")[0] == pytest.approx(logged(reference, "loss")[0], rel=1e-3)
     assert_same_weights(out, reference_out, one_step_workspace["base"])
     Llama3ForMaskedLM.from_pretrained(out)
+
+
+PT_SCRIPT = "examples/llama3/pt.py"
+
+
+def pt_sgd_step(workspace, name: str, config: str, launch_flags: list[str], batch_size: int):
+    """One SGD step of ``dllm pt`` (examples/llama3/pt.py) on 4 raw-text documents of different lengths, one packed
+    row each (so 2 ranks hold different token counts)."""
+    docs = workspace["tmp"] / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": "w" * n}) + "\n" for n in (36, 41, 47, 55)))
+    out = workspace["tmp"] / name
+    return out, accelerate_launch(config, launch_flags, [
+        "--model_name_or_path", str(workspace["base"]), "--dataset_args", f"{docs}[train:4]", "--output_dir", str(out),
+        "--per_device_train_batch_size", str(batch_size), *ONE_SGD_STEP], script=PT_SCRIPT)
+
+
+@pytest.fixture(scope="module")
+def single_process_pt_step(one_step_workspace):
+    return pt_sgd_step(one_step_workspace, "pt-single", "cpu", [], batch_size=4)
+
+
+@pytest.mark.parametrize("config", ["ddp", pytest.param("deepspeed", marks=needs_deepspeed),
+                                    pytest.param("deepspeed_zero3", marks=needs_deepspeed)])
+def test_pretraining_two_processes_equal_one_process(single_process_pt_step, one_step_workspace, config):
+    """dllm pt under ddp.yaml and DeepSpeed ZeRO-2/3, 2 processes x batch 2 == 1 process x batch 4 after one SGD step:
+    same loss, same weights."""
+    out, result = pt_sgd_step(one_step_workspace, f"pt-{config}", config, TWO_CPU_PROCESSES, batch_size=2)
+    reference_out, reference = single_process_pt_step
+    assert logged(result, "epoch")[0] == pytest.approx(1.0)  # 2 processes x 2 rows covered the 4 rows
+    assert logged(result, "loss")[0] == pytest.approx(logged(reference, "loss")[0], rel=1e-3)
+    assert_same_weights(out, reference_out, one_step_workspace["base"])

@@ -170,7 +170,7 @@ class DemoTrainingConfig(BD3LMConfig):
 
     block_size: int = field(
         default=8, metadata={"help": "With --objective bd3lm: positions per block (counted from the sequence start). "
-                             "8 learned faster than 4 here (34.5% vs 21.8% held-out exact match at 2000 steps, "
+                             "8 learned faster than 4 here (34.5%% vs 21.8%% held-out exact match at 2000 steps, "
                              "docs/demos.md)."}
     )
     output_dir: str = field(default="outputs/demo", metadata={"help": "Checkpoint, tokenizer and loss.png go here."})
