@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import importlib.util
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,3 +226,18 @@ def import_footprints(cwd: Path) -> dict[str, set[str]]:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     return {name: set(modules) for name, modules in json.loads(result.stdout.splitlines()[-1]).items()}
+
+
+@contextmanager
+def benchmark_module(file_name: str) -> Iterator[object]:
+    """``benchmarks/<file_name>`` imported as a module (registered in ``sys.modules`` while in use: dataclasses look
+    their module up while the class is built)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / file_name
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]

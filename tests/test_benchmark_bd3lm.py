@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_bd3lm", ROOT / "benchmarks" / "bd3lm.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("bd3lm.py") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_repetitions_are_interleaved_after_one_warm_up_each(bench, monkeypatch):

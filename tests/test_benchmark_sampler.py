@@ -3,29 +3,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.helpers import benchmark_module
 import torch
 
 from dllm.core.sampling import GenerationOutput, TextGenerationOutput
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_sampler", ROOT / "benchmarks" / "sampler.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("sampler.py") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_count_weights_passes_by_batch_rows_and_counts_tokens_before_eos(bench):

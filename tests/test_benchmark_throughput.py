@@ -5,34 +5,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import multiprocessing
 import multiprocessing.forkserver
 import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import alpaca_fixture
+from tests.helpers import alpaca_fixture, benchmark_module
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_throughput", ROOT / "benchmarks" / "train_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
+    with benchmark_module("train_throughput.py") as module:
         yield module
-    finally:
-        del sys.modules[spec.name]
 
 
 def test_flops_count_the_head_where_it_runs_and_attention_within_documents(bench):

@@ -171,6 +171,20 @@ def read_data_file(path: Path) -> Dataset:
     return rows
 
 
+def check_data_file(path: Path, suffixes: tuple[str, ...] | list[str]) -> None:
+    """Refuse, before any reader runs, a path that is not a file, has a suffix outside ``suffixes`` or is empty.
+
+    Raises:
+        UsageError: one of those, naming the file (not a file: a :class:`DataFileNotFoundError`).
+    """
+    if not path.is_file():
+        raise DataFileNotFoundError(f"dataset file not found: {path}")
+    if path.suffix not in suffixes:
+        raise UsageError(f"{path}: unsupported file type {path.suffix!r}; expected one of {suffixes}")
+    if path.stat().st_size == 0:
+        raise UsageError(f"{path}: no rows (empty file)")
+
+
 def load_local_file(path: Path, builder: str, suffixes: tuple[str, ...], **config: object) -> Dataset:
     """The rows of one local file read by ``datasets.load_dataset(builder, data_files=path, **config)`` into memory,
     through a throwaway cache; whatever ``datasets`` or Arrow raises becomes one line naming the file.
@@ -179,12 +193,7 @@ def load_local_file(path: Path, builder: str, suffixes: tuple[str, ...], **confi
         UsageError: not a file (a :class:`DataFileNotFoundError`), a suffix outside ``suffixes``, an empty file or no
             rows, or the reader's error (invalid JSON with its line, text that is not UTF-8, unreadable parquet).
     """
-    if not path.is_file():
-        raise DataFileNotFoundError(f"dataset file not found: {path}")
-    if path.suffix not in suffixes:
-        raise UsageError(f"{path}: unsupported file type {path.suffix!r}; expected one of {suffixes}")
-    if path.stat().st_size == 0:
-        raise UsageError(f"{path}: no rows (empty file)")
+    check_data_file(path, suffixes)
     bars_were_off = are_progress_bars_disabled()
     disable_progress_bars()  # "Generating train split" of a throwaway cache is noise (and precedes any error)
     try:

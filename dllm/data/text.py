@@ -40,7 +40,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict,
 
 from dllm.data.loading import (
     DATA_FILE_SUFFIXES,
-    DataFileNotFoundError,
+    check_data_file,
     folder_files,
     load_hub_splits,
     load_local_file,
@@ -130,12 +130,7 @@ def read_text_file(path: Path, *, text_column: str = "text", txt_documents: str 
     if not streaming:
         rows = load_local_file(path, builder, TEXT_SUFFIXES, **config)
     else:
-        if not path.is_file():
-            raise DataFileNotFoundError(f"dataset file not found: {path}")
-        if path.suffix not in TEXT_SUFFIXES:
-            raise UsageError(f"{path}: unsupported file type {path.suffix!r}; expected one of {TEXT_SUFFIXES}")
-        if path.stat().st_size == 0:
-            raise UsageError(f"{path}: no rows (empty file)")
+        check_data_file(path, TEXT_SUFFIXES)
         rows = datasets.load_dataset(builder, data_files=str(path), split="train", streaming=True, **config)
     return _text_column(rows, str(path), text_column)
 
