@@ -81,3 +81,20 @@ def test_unpadded_and_padded_batches_agree(model, cache):
     alone = generate(model, prompt, config).sequences
     together = generate(model, batch, config, attention_mask=attention).sequences
     assert torch.equal(alone[0], together[1])
+
+
+def test_sampled_tensors_are_ordinary_and_train_the_model(model):
+    """The model runs in inference mode inside the sampler; nothing that leaves it is an inference tensor, so the
+    answers feed a training step of the same model (as GRPO does)."""
+    x, attention, positions = unpadded_canvas()
+    config = DiffusionGenerationConfig(gen_length=6, block_size=3, cache="dual", mask_token_id=MASK,
+                                       record_history=True)
+    with torch.no_grad():
+        logits = BlockForward(model, "prefix", attention, positions, 8, 12)(x, torch.arange(8, 12))
+    out = generate(model, x[:, :8], config)
+    assert not logits.is_inference() and not out.sequences.is_inference()
+    assert not any(step.tokens.is_inference() or step.confidence.is_inference() for step in out.history)
+    model.zero_grad()
+    model(input_ids=out.sequences).logits.sum().backward()
+    assert model.get_input_embeddings().weight.grad is not None
+    model.zero_grad()
