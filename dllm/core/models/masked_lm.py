@@ -120,27 +120,39 @@ class BidirectionalMaskedLMMixin:
         if block_diffusion_size(self.config) is not None and (attention_mask is None or (
                 isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2)):
             attention_mask = self._block_causal_mask(input_ids, attention_mask, document_ids, kwargs)
-        if logits_mask is None or not _head_is_plain(type(self)):
+        columns = labels is None and isinstance(kwargs.get("logits_to_keep"), torch.Tensor)  # the sampler's head
+        if not _head_is_plain(type(self)) or (logits_mask is None and not columns):
             outputs = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             logits = outputs.logits  # [B, L, V]
             if logits_mask is not None:  # a family whose head does more than lm_head: select afterwards
                 logits = logits[logits_mask.to(logits.device)]  # [N, V]
                 labels = None if labels is None else labels.to(logits_mask.device)[logits_mask]  # [N]
         else:
-            keep = kwargs.pop("logits_to_keep", 0)  # the causal head's own slicing; not the backbone's argument
-            if not (isinstance(keep, int) and keep == 0):
-                raise ValueError(f"pass either logits_mask or logits_to_keep, not both (got logits_to_keep={keep!r})")
-            # The causal classes' forward is backbone -> lm_head (-> soft-capping); the backbone is `self.model`
-            # for the text families (LlamaModel, Gemma2Model) and for Qwen3-VL (Qwen3VLModel, vision included).
-            outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-            hidden = outputs.last_hidden_state  # [B, L, H]
-            logits = self.lm_head(hidden[logits_mask.to(hidden.device)])  # [N, V]
-            cap = getattr(text_config(self.config), "final_logit_softcapping", None)
-            if cap is not None:
-                logits = torch.tanh(logits / cap) * cap
-            if labels is not None:
-                labels = labels.to(logits_mask.device)[logits_mask]  # [N]
+            logits, labels, outputs = self._plain_head_forward(input_ids, attention_mask, labels, logits_mask, kwargs)
         return _masked_lm_output(logits, labels, outputs)
+
+    def _plain_head_forward(self, input_ids: torch.Tensor | None, attention_mask: Any, labels: torch.Tensor | None,
+                            logits_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any, Any]:
+        """``(logits, labels, backbone outputs)`` with the head on ``logits_mask``'s positions [N, V] or, without
+        it, on the columns of an index tensor ``logits_to_keep`` [K] ([B, K, V], the sampler's head)."""
+        keep = kwargs.pop("logits_to_keep", 0)  # the causal head's own slicing; not the backbone's argument
+        columns = logits_mask is None
+        if not columns and not (isinstance(keep, int) and keep == 0):
+            raise ValueError(f"pass either logits_mask or logits_to_keep, not both (got logits_to_keep={keep!r})")
+        # The causal classes' forward is backbone -> lm_head (-> soft-capping); the backbone is `self.model`
+        # for the text families (LlamaModel, Gemma2Model) and for Qwen3-VL (Qwen3VLModel, vision included).
+        # The columns `logits_to_keep` are sliced as that forward slices them, [B, K, H] before the head; calling
+        # the backbone directly skips the causal forward's wrappers, which on a small model are about a tenth of a
+        # sampler step (benchmarks/sampler_upstream.py).
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        hidden = outputs.last_hidden_state  # [B, L, H]
+        logits = self.lm_head(hidden[:, keep] if columns else hidden[logits_mask.to(hidden.device)])  # [B, K | N, V]
+        cap = getattr(text_config(self.config), "final_logit_softcapping", None)
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        if labels is not None:
+            labels = labels.to(logits_mask.device)[logits_mask]  # [N]
+        return logits, labels, outputs
 
     def _annealed_mask(self, relaxed: torch.Tensor, attention_mask: torch.Tensor | None,
                        document_ids: torch.Tensor | None) -> torch.Tensor | dict | Any:

@@ -68,7 +68,7 @@ import logging
 from typing import Any
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 from dllm.core.models.masked_lm import block_diffusion_size, text_config
 from dllm.core.sampling.config import DiffusionGenerationConfig
@@ -96,14 +96,14 @@ def cache_argument(model_class: type) -> str:
     return "past_key_values"
 
 
-def model_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor,
-                 keep: torch.Tensor, cache: DynamicCache | None = None,
+def model_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 positions: torch.Tensor, keep: torch.Tensor, cache: DynamicCache | None = None,
                  model_kwargs: dict[str, Any] | None = None) -> torch.Tensor:
     """Float32 logits [B, K, V] of the input columns ``keep`` [K] of ``input_ids`` [B, Q].
 
-    ``attention_mask`` covers the cached positions followed by the input ones [B, N + Q]; ``positions`` are
-    [B, Q] or, for multimodal rotary embeddings, [3, B, Q]. ``model_kwargs`` (``pixel_values``, ...) are passed
-    to the model unchanged (:class:`BlockForward` picks them per forward).
+    ``attention_mask`` covers the cached positions followed by the input ones [B, N + Q] (None: no padding);
+    ``positions`` are [B, Q] or, for multimodal rotary embeddings, [3, B, Q]. ``model_kwargs`` (``pixel_values``,
+    ...) are passed to the model unchanged (:class:`BlockForward` picks them per forward).
     The output head runs only on ``keep`` through transformers' own ``logits_to_keep`` (a 1-D index tensor, the
     same for every row), rather than a per-row ``[B, L]`` selection: left padding puts every row's block in the
     same columns, every ``*ForCausalLM`` already takes it (so plain causal classes loaded with ``is_causal=False``
@@ -181,13 +181,19 @@ class BlockForward:
     ``positions`` [..., B, T] and the per-position ``model_kwargs`` are sliced along the last dimension to the fed
     columns; prompt-level ``model_kwargs`` go only to the calls that feed every column (see the module docstring).
     With ``cache="block"`` the cache is carried over from the ``previous`` block's instance.
+
+    A forward feeds ``order[skip:]`` for one of at most a few ``skip`` values per block (0: every column; the
+    cached count: the fed ones), so its inputs other than the canvas (attention mask, positions, where each canvas
+    column sits in the input) are sliced once per ``skip`` and reused: on a small model those slices, not the
+    matmuls, are much of a step (``benchmarks/sampler_upstream.py``).
     """
 
     def __init__(self, model: torch.nn.Module, cache: str, attention_mask: torch.Tensor, positions: torch.Tensor,
                  start: int, end: int, model_kwargs: dict[str, Any] | None = None,
                  previous: BlockForward | None = None):
         columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)  # [T]
-        if block_diffusion_size(getattr(model, "config", None)) is not None:
+        block_diffusion = block_diffusion_size(getattr(model, "config", None)) is not None
+        if block_diffusion:
             columns = columns[:end]  # a block-causal model: later columns are never seen
         self.fed = {"none": columns, "prefix": columns[start:], "dual": columns[start:end],
                     "block": columns[start:end]}[cache]
@@ -199,26 +205,52 @@ class BlockForward:
         if self.carried:
             self.cache = previous.cache if previous is not None else DynamicCache()
         self.per_position, self.prompt_level = split_model_kwargs(model_kwargs, attention_mask.shape)
+        # Without padding a transformers model gets no mask: it drops an all-ones mask itself (SDPA) or adds zeros
+        # (eager), so the logits are the same, minus the mask builder's checks in every forward. A block-diffusion
+        # model builds its block-causal mask from this one, and a model with extra inputs, or any other module,
+        # may read it: kept there.
+        self.maskless = (isinstance(model, PreTrainedModel) and not block_diffusion and not model_kwargs
+                         and bool(attention_mask.all()))
+        self._inputs: dict[int, tuple] = {}
+
+    def inputs(self, skip: int) -> tuple[torch.Tensor | slice, torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                         dict[str, Any]]:
+        """``(take, where, attention_mask, positions, kwargs)`` of a forward feeding ``order[skip:]``: ``take``
+        picks those canvas columns (a slice when they are contiguous: a view, no copy), ``where`` maps a canvas
+        column to its input index (-1: not fed). Built once per ``skip``."""
+        if skip not in self._inputs:
+            columns = self.order[skip:]  # [Q]
+            where = torch.full_like(self.order, -1)
+            where[columns] = torch.arange(len(columns), device=columns.device)  # canvas column -> input index
+            first = int(columns[0]) if len(columns) else 0
+            contiguous = bool((columns == torch.arange(first, first + len(columns), device=columns.device)).all())
+            take = slice(first, first + len(columns)) if contiguous else columns
+            kwargs = {name: value[..., take] for name, value in self.per_position.items()}  # [..., B, Q]
+            if len(columns) == len(self.order):  # every canvas column is fed: the prompt's own inputs too
+                kwargs.update(self.prompt_level)
+            mask = None if self.maskless else self.attention_mask[:, self.order]
+            self._inputs[skip] = (take, where, mask, self.positions[..., take], kwargs)
+        return self._inputs[skip]
 
     def __call__(self, x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Logits [B, C, V] of canvas columns ``cols`` [C] (inside the block) for the canvas ``x`` [B, T]."""
         first = self.use_cache and self.cache is None
         if first:  # block start: the whole canvas, in cache order, fills the cache
             self.cache = DynamicCache()
-        columns = self.order if first else self.fed  # [Q]
+        skip = 0 if first else len(self.order) - len(self.fed)
         if self.carried:  # what was committed since the cache was filled, then the block
-            columns = self.order[self.cache.get_seq_length():]  # [Q]
-        where = torch.full_like(self.order, -1)
-        where[columns] = torch.arange(len(columns), device=columns.device)  # canvas column -> input index
-        kwargs = {name: value[..., columns] for name, value in self.per_position.items()}  # [..., B, Q]
-        if len(columns) == len(self.order):  # every canvas column is fed: the prompt's own inputs too
-            kwargs.update(self.prompt_level)
-        logits = model_logits(self.model, x[:, columns], self.attention_mask[:, self.order],
-                              self.positions[..., columns], where[cols], self.cache, kwargs)
-        if self.cache is not None:
-            self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
+            skip = self.cache.get_seq_length()
+        take, where, mask, positions, kwargs = self.inputs(skip)
+        # Under no_grad (the sampler's loop) the model runs in inference mode: no version counters or view
+        # tracking on the hundreds of small tensors of a pass (about 7% of a tiny model's step). Only the logits
+        # leave it, cloned into an ordinary tensor; the cache's tensors are only ever used inside it.
+        inference = not torch.is_grad_enabled()
+        with torch.inference_mode(inference):
+            logits = model_logits(self.model, x[:, take], mask, positions, where[cols], self.cache, kwargs)
+            if self.cache is not None:
+                self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
         self.calls += 1
-        return logits
+        return logits.clone() if inference else logits
 
 
 class GuidedForward:

@@ -68,22 +68,43 @@ def denoise_step(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
 
     Returns the new canvas, the committed positions [B, T] and their scores [B, T] (NaN elsewhere).
     """
+    cols = masked_columns(x, block, config)
+    x, commit, score = commit_step(forward, x, cols, steps_left, config, generator)
+    return (x, *step_record(x, cols, commit, score))
+
+
+def masked_columns(x: torch.Tensor, block: tuple[int, int], config: DiffusionGenerationConfig) -> torch.Tensor:
+    """The columns [C] of the block ``[a, b)`` of ``x`` [B, T] still masked in some row (empty: block done)."""
     a, b = block
-    cols = (x[:, a:b] == config.mask_token_id).any(dim=0).nonzero().squeeze(-1) + a  # [C] masked in some row
+    return (x[:, a:b] == config.mask_token_id).any(dim=0).nonzero().squeeze(-1) + a  # [C]
+
+
+def commit_step(forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, cols: torch.Tensor,
+                steps_left: int, config: DiffusionGenerationConfig, generator: torch.Generator | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`denoise_step` on the masked columns ``cols`` [C]: the new canvas, which of them were committed
+    [B, C] and their scores [B, C]. The [B, T] record is built only when asked for (:func:`step_record`): the
+    loop without history does not pay two canvas-sized tensors a step."""
     logits = forward(x, cols)  # [B, C, V]
     logits[..., config.mask_token_id] = float("-inf")  # a committed position must not hold the mask token
     tokens = sample_tokens(logits, config.temperature, config.top_k, config.top_p, generator)  # [B, C]
     score = confidence(logits, tokens, config.remasking, generator)  # [B, C]
-    masked = x[:, cols] == config.mask_token_id  # [B, C]
+    current = x[:, cols]  # [B, C]
+    masked = current == config.mask_token_id  # [B, C]
     commit = select_commits(score, masked, commit_counts(masked.sum(dim=-1), steps_left), config.threshold)
-
     x = x.clone()
-    x[:, cols] = torch.where(commit, tokens, x[:, cols])
+    x[:, cols] = torch.where(commit, tokens, current)
+    return x, commit, score
+
+
+def step_record(x: torch.Tensor, cols: torch.Tensor, commit: torch.Tensor,
+                score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The committed positions [B, T] and their scores [B, T] (NaN elsewhere) of a step on ``cols``."""
     committed = torch.zeros_like(x, dtype=torch.bool)
     committed[:, cols] = commit
     scores = torch.full(x.shape, float("nan"), device=x.device)
     scores[:, cols] = torch.where(commit, score, float("nan"))
-    return x, committed, scores
+    return committed, scores
 
 
 def finish_at_eos(x: torch.Tensor, start: int, end: int, config: DiffusionGenerationConfig,
@@ -129,10 +150,12 @@ def denoise(model: torch.nn.Module, x: torch.Tensor, attention_mask: torch.Tenso
         forward, first = GuidedForward(model, config, attention_mask, positions, block, conditioning,
                                        extra or None, previous=forward), len(history)
         for step in range(budget):
-            if not (x[:, block[0]:block[1]] == config.mask_token_id).any():
+            cols = masked_columns(x, block, config)
+            if not len(cols):
                 break  # done early: the threshold, or an infilled block with fewer masks than steps
-            x, committed, scores = denoise_step(forward, x, block, budget - step, config, generator)
+            x, commit, score = commit_step(forward, x, cols, budget - step, config, generator)
             if config.record_history:
+                committed, scores = step_record(x, cols, commit, score)
                 history.append(StepRecord(index, step, committed.cpu(), x.cpu(), scores.cpu()))
             bar.update()
         passes += forward.calls
