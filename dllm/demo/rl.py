@@ -66,23 +66,28 @@ class RLDemoArguments:
     """The short SFT and the post-training runs (the model and tasks are dllm demo's flags)."""
 
     sft_steps: int = field(
-        default=1500, metadata={"help": "SFT steps before post-training (the full demo: 8000). 300 left every task "
-                                "near 0%% here, where an exact-match reward is never earned; 1500 gave 17%% held-out "
-                                "(sort 40%%, reverse 0%%, add 12%%, 150 prompts)."}
+        default=2500, metadata={"help": "SFT steps before post-training (the full demo: 8000). Short on purpose, "
+                                "yet every task must earn some exact-match reward (docs/demos.md)."}
     )
     methods: list[str] = field(
         default_factory=lambda: ["elbo"],
         metadata={"help": f"Post-training runs, each from the same SFT checkpoint: {', '.join(METHODS)}."},
     )
     rl_minutes: float = field(default=10.0, metadata={"help": "Wall-clock cap of each post-training run."})
-    rl_max_steps: int = field(default=400, metadata={"help": "Step cap of each post-training run."})
+    rl_max_steps: int = field(
+        default=1500, metadata={"help": "Step cap of each post-training run (1500: --rl_minutes binds first here)."}
+    )
     rl_learning_rate: float = field(
-        default=3e-5, metadata={"help": "AdamW learning rate of post-training (3e-4 lowered held-out exact match for "
-                                "every method, measured; 3e-5 raised it with elbo)."}
+        default=1e-4, metadata={"help": "Constant AdamW learning rate of post-training (docs/demos.md: the rates "
+                                "measured)."}
     )
     num_generations: int = field(default=8, metadata={"help": "GRPO: completions per prompt."})
     prompts_per_step: int = field(default=8, metadata={"help": "GRPO: prompts per step (x num_generations)."})
     beta: float = field(default=0.0, metadata={"help": "GRPO: KL coefficient (0: no reference model)."})
+    num_iterations: int = field(default=1, metadata={"help": "GRPO: optimisation passes over each rollout batch."})
+    epsilon: float = field(default=0.2, metadata={"help": "GRPO: clip range of the ratio."})
+    temperature: float = field(default=1.0, metadata={"help": "GRPO: rollout sampling temperature."})
+    rl_warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps of post-training."})
     num_elbo_samples: int = field(default=2, metadata={"help": "ELBO draws per completion (elbo and dpo)."})
     elbo_estimator: str = field(
         default="count", metadata={"help": "'count' (LLaDA: l of the n canvas tokens masked, weight n/l <= n) or "
@@ -91,6 +96,10 @@ class RLDemoArguments:
     num_train_prompts: int = field(default=2000, metadata={"help": "Training prompts per task for post-training."})
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO: beta."})
     dpo_pairs_per_step: int = field(default=32, metadata={"help": "DPO: preference pairs per step."})
+    rpo_alpha: float = field(
+        default=1.0, metadata={"help": "DPO: weight of RPO's SFT term on the chosen answer (0: plain DPO, which "
+                               "lowered held-out exact match here: docs/demos.md)."}
+    )
     output_dir: str = field(default="outputs/demo-rl", metadata={"help": "SFT checkpoint, runs and the curve."})
     seed: int = field(default=42, metadata={"help": "Seed of the SFT and of every run."})
 
@@ -136,15 +145,20 @@ def short_sft(demo_args: DemoArguments, args: RLDemoArguments, demo: DemoTasks, 
 
 
 class PrintEvery(TrainerCallback):
-    """One line every ``every`` steps with the run's own metric (reward, or DPO's accuracy)."""
+    """One line every ``every`` steps with the run's own metric (reward, or DPO's accuracy), averaged over them."""
 
     def __init__(self, name: str, key: str, every: int = 25):
         self.name, self.key, self.every, self.start = name, key, every, time.time()
+        self.values: list[float] = []
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs) -> None:
-        if logs and self.key in logs and state.global_step % self.every == 0:
+        if logs and self.key in logs:
+            self.values.append(logs[self.key])
+        if self.values and state.global_step % self.every == 0:
             print(f"  {self.name} step {state.global_step:4d} | {time.time() - self.start:5.0f} s | "
-                  f"{self.key} {logs[self.key]:.3f} | loss {logs.get('loss', float('nan')):.4f}", flush=True)
+                  f"{self.key} {sum(self.values) / len(self.values):.3f} (mean of the last {len(self.values)} "
+                  f"steps)", flush=True)
+            self.values = []
 
 
 def training_rows(demo: DemoTasks, args: RLDemoArguments, seed_offset: int) -> list[dict[str, str]]:
@@ -153,9 +167,11 @@ def training_rows(demo: DemoTasks, args: RLDemoArguments, seed_offset: int) -> l
 
 
 def trainer_values(args: RLDemoArguments, folder: Path) -> dict[str, Any]:
-    """The TrainingArguments every post-training run shares (CPU, constant learning rate, log every step)."""
+    """The TrainingArguments every post-training run shares (CPU, constant learning rate after the warm-up, log
+    every step)."""
     return dict(output_dir=str(folder), max_steps=args.rl_max_steps, learning_rate=args.rl_learning_rate,
-                lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0, use_cpu=True, report_to="none",
+                lr_scheduler_type="constant_with_warmup", warmup_steps=args.rl_warmup_steps, weight_decay=0.0,
+                max_grad_norm=1.0, use_cpu=True, report_to="none",
                 logging_steps=1, save_strategy="no", disable_tqdm=True, seed=args.seed, num_elbo_samples=args.num_elbo_samples,
                 elbo_estimator=args.elbo_estimator)
 
@@ -170,7 +186,8 @@ def run_grpo(method: str, args: RLDemoArguments, demo: DemoTasks, sft: Path) -> 
     """GRPO with the exact-match reward from the SFT checkpoint; returns the trainer and its seconds."""
     model, tokenizer = AutoModelForMaskedDiffusion.from_pretrained(sft), AutoTokenizer.from_pretrained(sft)
     config = DiffusionGRPOConfig(**trainer_values(args, Path(args.output_dir) / method), loss_type=method,
-                                 num_generations=args.num_generations, beta=args.beta, temperature=1.0,
+                                 num_generations=args.num_generations, beta=args.beta, temperature=args.temperature,
+                                 num_iterations=args.num_iterations, epsilon=args.epsilon,
                                  per_device_train_batch_size=args.num_generations * args.prompts_per_step)
     budget = WallClockBudget(args.rl_minutes * 60, args.rl_max_steps)
     trainer = quiet(DiffusionGRPOTrainer(model, [exact_match], config, Dataset.from_list(training_rows(demo, args, 1)),
@@ -210,7 +227,7 @@ def run_dpo(args: RLDemoArguments, demo: DemoTasks, sft: Path) -> tuple[Any, flo
     print(f"\nDPO: {len(pairs)} pairs (a wrong sampled answer against the correct one), {args.dpo_pairs_per_step} "
           f"per step, at most {args.rl_max_steps} steps or {args.rl_minutes:g} min ...", flush=True)
     config = DiffusionDPOConfig(**trainer_values(args, Path(args.output_dir) / "dpo"), beta=args.dpo_beta,
-                                per_device_train_batch_size=args.dpo_pairs_per_step,
+                                per_device_train_batch_size=args.dpo_pairs_per_step, rpo_alpha=args.rpo_alpha or None,
                                 max_completion_length=demo.gen_length)
     budget = WallClockBudget(args.rl_minutes * 60 - (time.time() - began), args.rl_max_steps)
     trainer = quiet(DiffusionDPOTrainer(model, config, Dataset.from_list(pairs), tokenizer,
@@ -281,6 +298,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(out / "sft")
     before, _ = held_out_score(AutoModelForMaskedDiffusion.from_pretrained(out / "sft"), tokenizer, demo,
                                demo_args.eval_batch_size)
+    print(f"SFT model, held-out exact match {100 * before.overall:.1f}% ("
+          + ", ".join(f"{name} {100 * value:.1f}%" for name, value in before.per_task.items()) + ")", flush=True)
     table, histories, results = [(f"sft ({args.sft_steps} steps)", before, 0, 0.0)], {}, {}
     for method in args.methods:
         trainer, seconds = run_dpo(args, demo, out / "sft") if method == "dpo" else run_grpo(method, args, demo,

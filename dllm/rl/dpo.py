@@ -46,6 +46,11 @@ class DiffusionDPOConfig(ElboOptions, TrainingArguments):
                                 "was trained to fill (the demo's, LLaDA's SFT). None: the answer and its "
                                 "end-of-turn tokens only."}
     )
+    rpo_alpha: float | None = field(
+        default=None, metadata={"help": "RPO (arXiv 2404.19733, trl's rpo_alpha): add this times the chosen "
+                                "answer's negative ELBO per token, an SFT term that keeps DPO from lowering the "
+                                "chosen answer along with the rejected one. None: plain DPO."}
+    )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Rows reach the collator as they are."})
 
     def __post_init__(self) -> None:
@@ -53,6 +58,8 @@ class DiffusionDPOConfig(ElboOptions, TrainingArguments):
         check_elbo_options(self)
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.rpo_alpha is not None and self.rpo_alpha < 0:
+            raise ValueError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
 
 
 @dataclass
@@ -98,7 +105,8 @@ class DiffusionDPOTrainer(Trainer):
         processing_class: the tokenizer (chat template, mask and EOS tokens).
 
     Logged (trl's names): ``rewards/chosen``, ``rewards/rejected`` (``beta`` times the log ratio to the reference),
-    ``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (the policy's ELBOs).
+    ``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (the policy's ELBOs),
+    ``nll_loss`` with ``rpo_alpha``.
     """
 
     # compute_loss returns a micro-batch mean; Trainer divides it by the accumulation steps.
@@ -145,6 +153,10 @@ class DiffusionDPOTrainer(Trainer):
         self.metrics.add("logps/chosen", logps[:half].mean().detach())
         self.metrics.add("logps/rejected", logps[half:].mean().detach())
         loss = losses.mean()
+        if self.args.rpo_alpha is not None:
+            nll = -(logps[:half] / inputs["completion_mask"][:half].sum(dim=1)).mean()  # per token, as trl's
+            self.metrics.add("nll_loss", nll.detach())
+            loss = loss + self.args.rpo_alpha * nll
         return (loss, None) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

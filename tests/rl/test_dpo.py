@@ -79,3 +79,24 @@ def test_dllm_dpo_with_lora_and_one_line_errors(checkpoint, tmp_path, capsys):
     bad.write_text(json.dumps({"prompt": "x", "chosen": "y"}) + "\n")
     assert main(["dpo", str(checkpoint), "--dataset_args", str(bad), *common]) == 2
     assert "no column 'rejected'" in capsys.readouterr().err
+
+
+def test_rpo_alpha_adds_the_chosen_answers_negative_elbo_per_token(checkpoint, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    batch = PreferenceCollator(tokenizer, canvas_length=4)(ROWS[:4])
+    losses = {}
+    for alpha in (None, 0.5):
+        args = DiffusionDPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to="none",
+                                  use_cpu=True, max_completion_length=4, num_elbo_samples=2, rpo_alpha=alpha)
+        trainer = DiffusionDPOTrainer(AutoModelForMaskedDiffusion.from_pretrained(checkpoint), args,
+                                      Dataset.from_list(ROWS), tokenizer)
+        losses[alpha] = trainer.compute_loss(trainer.model, batch)
+    trainer._calls = 0  # the same (seeded) draws as the compute_loss calls above
+    noise = trainer._noise(batch["completion_mask"])
+    parts = [batch[k] for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")]
+    elbo = sequence_elbo(trainer.model, *parts, noise, tokenizer.mask_token_id)[:4]  # the chosen answers
+    expected = -(elbo / batch["completion_mask"][:4].sum(dim=1)).mean()
+    assert losses[None].item() == pytest.approx(math.log(2), abs=1e-6)
+    assert (losses[0.5] - losses[None]).item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        DiffusionDPOConfig(output_dir=str(tmp_path), rpo_alpha=-1.0)
