@@ -73,6 +73,7 @@ from transformers import DynamicCache, PreTrainedModel
 from dllm.core.models.masked_lm import block_diffusion_size, text_config
 from dllm.core.sampling.config import DiffusionGenerationConfig
 from dllm.core.sampling.decisions import guide
+from dllm.core.sampling.lean import LeanCache, lean_decoder, lean_logits
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +213,9 @@ class BlockForward:
         self.maskless = (isinstance(model, PreTrainedModel) and not block_diffusion and not model_kwargs
                          and bool(attention_mask.all()))
         self._inputs: dict[int, tuple] = {}
+        # transformers' own LLaMA / Qwen2 / Qwen3 run through dllm's lean loop (same modules, same logits; no
+        # per-forward plumbing, a cache written in place): see dllm.core.sampling.lean for why and when.
+        self.lean = lean_decoder(model, model_kwargs)
 
     def inputs(self, skip: int) -> tuple[torch.Tensor | slice, torch.Tensor, torch.Tensor | None, torch.Tensor,
                                          dict[str, Any]]:
@@ -236,7 +240,7 @@ class BlockForward:
         """Logits [B, C, V] of canvas columns ``cols`` [C] (inside the block) for the canvas ``x`` [B, T]."""
         first = self.use_cache and self.cache is None
         if first:  # block start: the whole canvas, in cache order, fills the cache
-            self.cache = DynamicCache()
+            self.cache = LeanCache() if self.lean else DynamicCache()
         skip = 0 if first else len(self.order) - len(self.fed)
         if self.carried:  # what was committed since the cache was filled, then the block
             skip = self.cache.get_seq_length()
@@ -246,9 +250,12 @@ class BlockForward:
         # leave it, cloned into an ordinary tensor; the cache's tensors are only ever used inside it.
         inference = not torch.is_grad_enabled()
         with torch.inference_mode(inference):
-            logits = model_logits(self.model, x[:, take], mask, positions, where[cols], self.cache, kwargs)
-            if self.cache is not None:
-                self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
+            if self.lean:  # its cache rewrites the fed columns' slots in place: nothing to crop
+                logits = lean_logits(self.model, x[:, take], mask, positions, where[cols], self.cache, skip).float()
+            else:
+                logits = model_logits(self.model, x[:, take], mask, positions, where[cols], self.cache, kwargs)
+                if self.cache is not None:
+                    self.cache.crop(-len(self.fed))  # keep the cached columns only (negative: portable across 5.x)
         self.calls += 1
         return logits.clone() if inference else logits
 
