@@ -32,6 +32,22 @@ def test_version(capsys, argv):
     assert capsys.readouterr() == (f"{dllm.__version__}\n", "")
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["sft", "llama3", "--time_eps", "2"], "time_eps must be in [0, 1], got 2.0"),
+    (["sft", "qwen3_vl", "--no_such_flag", "1"], "not used by the HfArgumentParser: ['--no_such_flag', '1']"),
+    (["pt", "llama3", "--model_name_or_path", "{missing}", "--max_seq_length", "0"],
+     "max_seq_length must be a positive integer, got 0"),
+    (["sft", "llama3", "--model_name_or_path", "{missing}"], "{missing}: no such checkpoint folder"),
+])
+def test_a_flag_mistake_of_a_named_family_comes_before_an_unreadable_checkpoint(tmp_path, capsys, argv, expected):
+    """One line, status 2, and the flag's mistake rather than the missing checkpoint (or the unreachable Hub) when
+    both are wrong; the checkpoint's when only it is."""
+    missing = str(tmp_path / "nope")
+    assert cli_main([a.format(missing=missing) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and expected.format(missing=missing) in err, err
+
+
 def _without(monkeypatch, *modules: str) -> None:
     """Make ``modules`` absent: ``import`` fails and ``importlib.util.find_spec`` answers None."""
     for name in modules:

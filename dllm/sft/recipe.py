@@ -120,7 +120,12 @@ def run(family: str | None = None, argv: list[str] | None = None, mode: str = "s
     help_only = "-h" in argv or "--help" in argv
     if help_only:  # the flags of the named family (or of text models), without reading any checkpoint
         make_parser(FAMILIES.get(family), _peek(argv, "objective") or "mdlm", prog, mode).parse(argv)
-    checkpoint, config = resolve_checkpoint(family, argv, f"dllm {mode}")
+    try:
+        checkpoint, config = resolve_checkpoint(family, argv, f"dllm {mode}")
+    except UsageError:
+        if family in FAMILIES:  # a flag mistake is the more useful line when the checkpoint cannot be read either
+            make_parser(FAMILIES[family], _peek(argv, "objective") or "mdlm", prog, mode).parse(argv)
+        raise
     hooks = recipe_family(config)
     parser = make_parser(hooks, _peek(argv, "objective") or "mdlm", prog, mode)
     parser.set_defaults(model_name_or_path=checkpoint)
