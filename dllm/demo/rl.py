@@ -1,6 +1,7 @@
 """Offline post-training demo: a deliberately short SFT on the demo tasks, then GRPO (and DPO) on training
-prompts, held-out exact match before and after. Nothing is downloaded. What the defaults measured: README,
-section "Post-training: rewards and preferences".
+prompts, held-out exact match before and after. Nothing is downloaded. What the defaults measured, and the
+settings they were chosen against: docs/demos.md, section "dllm demo-rl" (summary in the README, section
+"Post-training: rewards and preferences").
 
     make demo-rl                                       # = dllm demo-rl
     dllm demo-rl --methods elbo diffu_grpo dpo         # both GRPO estimators and DPO, each from the same SFT model
@@ -13,7 +14,8 @@ checkpoint, post-train on *training* prompts only (held-out prompts are disjoint
 ``--rl_minutes`` and ``--rl_max_steps``, and measure again:
 
 * ``elbo`` / ``diffu_grpo``: :class:`~dllm.rl.grpo.DiffusionGRPOTrainer` with the exact-match reward, rollouts by
-  the sampler at temperature 1, the two log-likelihood estimators of :mod:`dllm.core.policy`;
+  the sampler at temperature 1, the two log-likelihood estimators of :mod:`dllm.core.policy` (diffu_grpo with
+  the prompt left unmasked by default, ``--p_mask_prompt 0``);
 * ``dpo``: :class:`~dllm.rl.dpo.DiffusionDPOTrainer` on pairs (chosen = the correct answer, rejected = a wrong
   answer the SFT model sampled for the same training prompt).
 
