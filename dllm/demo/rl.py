@@ -1,6 +1,7 @@
 """Offline post-training demo: a deliberately short SFT on the demo tasks, then GRPO (and DPO) on training
-prompts, held-out exact match before and after. Nothing is downloaded. What the defaults measured: README,
-section "Post-training: rewards and preferences".
+prompts, held-out exact match before and after. Nothing is downloaded. What the defaults measured, and the
+settings they were chosen against: docs/demos.md, section "dllm demo-rl" (summary in the README, section
+"Post-training: rewards and preferences").
 
     make demo-rl                                       # = dllm demo-rl
     dllm demo-rl --methods elbo diffu_grpo dpo         # both GRPO estimators and DPO, each from the same SFT model
@@ -13,7 +14,8 @@ checkpoint, post-train on *training* prompts only (held-out prompts are disjoint
 ``--rl_minutes`` and ``--rl_max_steps``, and measure again:
 
 * ``elbo`` / ``diffu_grpo``: :class:`~dllm.rl.grpo.DiffusionGRPOTrainer` with the exact-match reward, rollouts by
-  the sampler at temperature 1, the two log-likelihood estimators of :mod:`dllm.core.policy`;
+  the sampler at temperature 1, the two log-likelihood estimators of :mod:`dllm.core.policy` (diffu_grpo with
+  the prompt left unmasked by default, ``--p_mask_prompt 0``);
 * ``dpo``: :class:`~dllm.rl.dpo.DiffusionDPOTrainer` on pairs (chosen = the correct answer, rejected = a wrong
   answer the SFT model sampled for the same training prompt).
 
@@ -74,11 +76,18 @@ class RLDemoArguments:
     )
     rl_minutes: float = field(default=10.0, metadata={"help": "Wall-clock cap of each post-training run."})
     rl_max_steps: int = field(
-        default=1500, metadata={"help": "Step cap of each post-training run (1500: --rl_minutes binds first here)."}
+        default=1200, metadata={"help": "Step cap of each post-training run, over which the learning rate decays "
+                                "(1200: every method reaches it within --rl_minutes on a 2-core CPU, docs/demos.md)."}
     )
     rl_learning_rate: float = field(
-        default=1e-4, metadata={"help": "Constant AdamW learning rate of post-training (docs/demos.md: the rates "
+        default=1e-4, metadata={"help": "Peak AdamW learning rate of post-training (docs/demos.md: the rates "
                                 "measured)."}
+    )
+    rl_lr_scheduler: str = field(
+        default="linear", metadata={"help": "Learning-rate schedule of post-training over --rl_max_steps, after "
+                                    "the warm-up (linear: to 0 at the last step; constant_with_warmup drifted "
+                                    "down late, docs/demos.md).",
+                                    "choices": ["constant_with_warmup", "linear", "cosine"]}
     )
     num_generations: int = field(default=8, metadata={"help": "GRPO: completions per prompt."})
     prompts_per_step: int = field(default=8, metadata={"help": "GRPO: prompts per step (x num_generations)."})
@@ -86,13 +95,23 @@ class RLDemoArguments:
     num_iterations: int = field(default=1, metadata={"help": "GRPO: optimisation passes over each rollout batch."})
     epsilon: float = field(default=0.2, metadata={"help": "GRPO: clip range of the ratio."})
     temperature: float = field(default=1.0, metadata={"help": "GRPO: rollout sampling temperature."})
+    scale_rewards: bool = field(
+        default=True, metadata={"help": "GRPO: divide advantages by the group's reward std (False: Dr. GRPO)."}
+    )
+    p_mask_prompt: float = field(
+        default=0.0, metadata={"help": "diffu_grpo: probability of masking a prompt token (d1's 0.3 lowered held-out "
+                               "exact match here: with one pass per rollout it only hides the question)."}
+    )
     rl_warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps of post-training."})
     num_elbo_samples: int = field(default=2, metadata={"help": "ELBO draws per completion (elbo and dpo)."})
     elbo_estimator: str = field(
         default="count", metadata={"help": "'count' (LLaDA: l of the n canvas tokens masked, weight n/l <= n) or "
                                    "'time' (t ~ U[eps, 1], weight 1/t: up to 1/eps on a single draw).", "choices": ["count", "time"]}
     )
-    num_train_prompts: int = field(default=2000, metadata={"help": "Training prompts per task for post-training."})
+    num_train_prompts: int = field(
+        default=4000, metadata={"help": "Training prompts per task for post-training (DPO's pairs come from them: "
+                                "4000 gave ~10k pairs, fewer than 3 passes over them in 1200 steps)."}
+    )
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO: beta."})
     dpo_pairs_per_step: int = field(default=32, metadata={"help": "DPO: preference pairs per step."})
     rpo_alpha: float = field(
@@ -166,10 +185,10 @@ def training_rows(demo: DemoTasks, args: RLDemoArguments, seed_offset: int) -> l
 
 
 def trainer_values(args: RLDemoArguments, folder: Path) -> dict[str, Any]:
-    """The TrainingArguments every post-training run shares (CPU, constant learning rate after the warm-up, log
-    every step)."""
+    """The TrainingArguments every post-training run shares (CPU, the learning-rate schedule over
+    ``rl_max_steps``, log every step)."""
     return dict(output_dir=str(folder), max_steps=args.rl_max_steps, learning_rate=args.rl_learning_rate,
-                lr_scheduler_type="constant_with_warmup", warmup_steps=args.rl_warmup_steps, weight_decay=0.0,
+                lr_scheduler_type=args.rl_lr_scheduler, warmup_steps=args.rl_warmup_steps, weight_decay=0.0,
                 max_grad_norm=1.0, use_cpu=True, report_to="none",
                 logging_steps=1, save_strategy="no", disable_tqdm=True, seed=args.seed, num_elbo_samples=args.num_elbo_samples,
                 elbo_estimator=args.elbo_estimator)
@@ -187,6 +206,7 @@ def run_grpo(method: str, args: RLDemoArguments, demo: DemoTasks, sft: Path) -> 
     config = DiffusionGRPOConfig(**trainer_values(args, Path(args.output_dir) / method), loss_type=method,
                                  num_generations=args.num_generations, beta=args.beta, temperature=args.temperature,
                                  num_iterations=args.num_iterations, epsilon=args.epsilon,
+                                 scale_rewards=args.scale_rewards, p_mask_prompt=args.p_mask_prompt,
                                  per_device_train_batch_size=args.num_generations * args.prompts_per_step)
     budget = WallClockBudget(args.rl_minutes * 60, args.rl_max_steps)
     trainer = quiet(DiffusionGRPOTrainer(model, [exact_match], config, Dataset.from_list(training_rows(demo, args, 1)),
