@@ -117,6 +117,10 @@ def test_lean_path_only_where_it_is_exact():
             assert not lean_decoder(llama)
             handle.remove()
         assert lean_decoder(llama)
+        llama.config._attn_implementation = "eager"  # switched after loading (set_attn_implementation)
+        assert not lean_decoder(llama)
+        llama.config._attn_implementation = "sdpa"
+        assert lean_decoder(llama)
     assert not lean_decoder(llama)  # gradients wanted (a training forward)
     refused = [build("llama-gqa", attn_implementation="eager"),  # eager's arithmetic is not SDPA's
                build("qwen2-bias", use_sliding_window=True, sliding_window=8, max_window_layers=0),

@@ -57,7 +57,7 @@ def _is_transformers_class(obj: object, name: str) -> bool:
 
 def _layout_is_known(model: torch.nn.Module) -> bool:
     """Whether ``model`` is a dllm wrapper of transformers' own class of a :data:`LEAN_FAMILIES` family whose
-    forward this module reproduces (see the module docstring); checked once per model."""
+    forward this module reproduces (see the module docstring); checked once per model (SDPA: every time)."""
     config = getattr(model, "config", None)
     family = LEAN_FAMILIES.get(getattr(config, "model_type", None))
     if family is None or not isinstance(model, BidirectionalMaskedLMMixin):
@@ -68,7 +68,7 @@ def _layout_is_known(model: torch.nn.Module) -> bool:
     full_attention = all(kind == "full_attention" for kind in (getattr(config, "layer_types", None) or ()))
     return (_is_transformers_class(backbone, f"{prefix}Model") and layers is not None
             and all(_is_transformers_class(layer, f"{prefix}DecoderLayer") for layer in layers)
-            and getattr(model, "lm_head", None) is not None and getattr(config, "_attn_implementation", None) == "sdpa"
+            and getattr(model, "lm_head", None) is not None
             and getattr(config, "sliding_window", None) is None and full_attention
             and block_diffusion_size(config) is None)
 
@@ -90,7 +90,9 @@ def lean_decoder(model: torch.nn.Module, model_kwargs: dict | None = None) -> bo
         return False
     if model not in _CHECKED:
         _CHECKED[model] = _layout_is_known(model)
-    return _CHECKED[model] and not _hooked(model)
+    # The attention implementation can be switched on a loaded model (set_attn_implementation): read every time.
+    sdpa = getattr(model.config, "_attn_implementation", None) == "sdpa"
+    return _CHECKED[model] and sdpa and not _hooked(model)
 
 
 class LeanCache:
