@@ -117,17 +117,18 @@ def run(family: str | None = None, argv: list[str] | None = None, mode: str = "s
     parse the options of its family, objective and data mode, and run :func:`main`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = f"dllm {mode} {family or ''}".strip()
+    objective = _peek(argv, "objective") or "mdlm"
     help_only = "-h" in argv or "--help" in argv
     if help_only:  # the flags of the named family (or of text models), without reading any checkpoint
-        make_parser(FAMILIES.get(family), _peek(argv, "objective") or "mdlm", prog, mode).parse(argv)
+        make_parser(FAMILIES.get(family), objective, prog, mode).parse(argv)
     try:
         checkpoint, config = resolve_checkpoint(family, argv, f"dllm {mode}")
     except UsageError:
         if family in FAMILIES:  # a flag mistake is the more useful line when the checkpoint cannot be read either
-            make_parser(FAMILIES[family], _peek(argv, "objective") or "mdlm", prog, mode).parse(argv)
+            make_parser(FAMILIES[family], objective, prog, mode).parse(argv)
         raise
     hooks = recipe_family(config)
-    parser = make_parser(hooks, _peek(argv, "objective") or "mdlm", prog, mode)
+    parser = make_parser(hooks, objective, prog, mode)
     parser.set_defaults(model_name_or_path=checkpoint)
     return main(*parser.parse(argv), model_config=config)
 
