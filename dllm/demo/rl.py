@@ -11,7 +11,8 @@ Steps: train the demo's tiny model (:mod:`dllm.demo.run`: same tasks, tokenizer,
 ``--sft_steps`` steps only, far below the full demo (reused from ``OUTPUT_DIR/sft`` when a run with the same
 settings left it there); measure held-out exact match per task; then for each method, starting from that SFT
 checkpoint, post-train on *training* prompts only (held-out prompts are disjoint by construction) for at most
-``--rl_minutes`` and ``--rl_max_steps``, and measure again:
+``--rl_minutes`` and ``--rl_max_steps`` (by default per method: as many steps as fit in 10 minutes), and measure
+again:
 
 * ``elbo`` / ``diffu_grpo``: :class:`~dllm.rl.grpo.DiffusionGRPOTrainer` with the exact-match reward, rollouts by
   the sampler at temperature 1, the two log-likelihood estimators of :mod:`dllm.core.policy` (diffu_grpo with
@@ -60,6 +61,9 @@ from dllm.rl.grpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from dllm.rl.rewards import exact_match
 
 METHODS = ("elbo", "diffu_grpo", "dpo")
+# Steps per method by default: diffu_grpo's step (one forward) costs about 0.27 s against elbo's 0.43 (two ELBO
+# draws) on one core, so the same 10 minutes hold 2000 of its steps (docs/demos.md, "dllm demo-rl").
+DEFAULT_STEPS = {"elbo": 1200, "diffu_grpo": 2000, "dpo": 1200}
 
 
 @dataclass
@@ -75,9 +79,10 @@ class RLDemoArguments:
         metadata={"help": f"Post-training runs, each from the same SFT checkpoint: {', '.join(METHODS)}."},
     )
     rl_minutes: float = field(default=10.0, metadata={"help": "Wall-clock cap of each post-training run."})
-    rl_max_steps: int = field(
-        default=1200, metadata={"help": "Step cap of each post-training run, over which the learning rate decays "
-                                "(1200: every method reaches it within --rl_minutes on a 2-core CPU, docs/demos.md)."}
+    rl_max_steps: int | None = field(
+        default=None, metadata={"help": "Step cap of each post-training run, over which the learning rate decays "
+                                "(default: per method, what fits in --rl_minutes on a 2-core CPU: "
+                                + ", ".join(f"{m} {n}" for m, n in DEFAULT_STEPS.items()) + "; docs/demos.md)."}
     )
     rl_learning_rate: float = field(
         default=1e-4, metadata={"help": "Peak AdamW learning rate of post-training (docs/demos.md: the rates "
@@ -102,6 +107,10 @@ class RLDemoArguments:
         default=0.0, metadata={"help": "diffu_grpo: probability of masking a prompt token (d1's 0.3 lowered held-out "
                                "exact match here: with one pass per rollout it only hides the question)."}
     )
+    loss_tokens: str = field(
+        default="canvas", metadata={"help": "diffu_grpo: the token losses averaged, 'canvas' or d1's 'first_eos'.",
+                                    "choices": ["canvas", "first_eos"]}
+    )
     rl_warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps of post-training."})
     num_elbo_samples: int = field(default=2, metadata={"help": "ELBO draws per completion (elbo and dpo)."})
     elbo_estimator: str = field(
@@ -125,6 +134,12 @@ class RLDemoArguments:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise UsageError(f"--methods {' '.join(unknown)}: choose among {', '.join(METHODS)}")
+        if self.rl_max_steps is not None and self.rl_max_steps < 1:
+            raise UsageError(f"--rl_max_steps {self.rl_max_steps}: give at least 1 step")
+
+    def max_steps(self, method: str) -> int:
+        """The step cap of ``method``'s run (``--rl_max_steps``, else its default)."""
+        return self.rl_max_steps or DEFAULT_STEPS[method]
 
 
 @dataclass
@@ -184,10 +199,11 @@ def training_rows(demo: DemoTasks, args: RLDemoArguments, seed_offset: int) -> l
     return make_examples(demo.tasks, args.num_train_prompts, "train", seed=args.seed + seed_offset)
 
 
-def trainer_values(args: RLDemoArguments, folder: Path) -> dict[str, Any]:
-    """The TrainingArguments every post-training run shares (CPU, the learning-rate schedule over
-    ``rl_max_steps``, log every step)."""
-    return dict(output_dir=str(folder), max_steps=args.rl_max_steps, learning_rate=args.rl_learning_rate,
+def trainer_values(args: RLDemoArguments, method: str) -> dict[str, Any]:
+    """The TrainingArguments every post-training run shares (CPU, the learning-rate schedule over the method's
+    step cap, log every step)."""
+    return dict(output_dir=str(Path(args.output_dir) / method), max_steps=args.max_steps(method),
+                learning_rate=args.rl_learning_rate,
                 lr_scheduler_type=args.rl_lr_scheduler, warmup_steps=args.rl_warmup_steps, weight_decay=0.0,
                 max_grad_norm=1.0, use_cpu=True, report_to="none",
                 logging_steps=1, save_strategy="no", disable_tqdm=True, seed=args.seed, num_elbo_samples=args.num_elbo_samples,
@@ -203,17 +219,18 @@ def quiet(trainer: Any) -> Any:
 def run_grpo(method: str, args: RLDemoArguments, demo: DemoTasks, sft: Path) -> tuple[Any, float]:
     """GRPO with the exact-match reward from the SFT checkpoint; returns the trainer and its seconds."""
     model, tokenizer = AutoModelForMaskedDiffusion.from_pretrained(sft), AutoTokenizer.from_pretrained(sft)
-    config = DiffusionGRPOConfig(**trainer_values(args, Path(args.output_dir) / method), loss_type=method,
+    config = DiffusionGRPOConfig(**trainer_values(args, method), loss_type=method,
                                  num_generations=args.num_generations, beta=args.beta, temperature=args.temperature,
                                  num_iterations=args.num_iterations, epsilon=args.epsilon,
                                  scale_rewards=args.scale_rewards, p_mask_prompt=args.p_mask_prompt,
+                                 loss_tokens=args.loss_tokens,
                                  per_device_train_batch_size=args.num_generations * args.prompts_per_step)
-    budget = WallClockBudget(args.rl_minutes * 60, args.rl_max_steps)
+    budget = WallClockBudget(args.rl_minutes * 60, args.max_steps(method))
     trainer = quiet(DiffusionGRPOTrainer(model, [exact_match], config, Dataset.from_list(training_rows(demo, args, 1)),
                                          tokenizer, generation_config=DiffusionGenerationConfig(gen_length=demo.gen_length),
                                          callbacks=[budget, PrintEvery(method, "reward")]))
     print(f"\nGRPO ({method}): {args.prompts_per_step} prompts x {args.num_generations} completions per step, "
-          f"at most {args.rl_max_steps} steps or {args.rl_minutes:g} min ...", flush=True)
+          f"at most {args.max_steps(method)} steps or {args.rl_minutes:g} min ...", flush=True)
     trainer.train()
     return trainer, budget.elapsed()
 
@@ -244,11 +261,11 @@ def run_dpo(args: RLDemoArguments, demo: DemoTasks, sft: Path) -> tuple[Any, flo
     model, tokenizer = AutoModelForMaskedDiffusion.from_pretrained(sft), AutoTokenizer.from_pretrained(sft)
     pairs = preference_pairs(model, tokenizer, demo, args)
     print(f"\nDPO: {len(pairs)} pairs (a wrong sampled answer against the correct one), {args.dpo_pairs_per_step} "
-          f"per step, at most {args.rl_max_steps} steps or {args.rl_minutes:g} min ...", flush=True)
-    config = DiffusionDPOConfig(**trainer_values(args, Path(args.output_dir) / "dpo"), beta=args.dpo_beta,
+          f"per step, at most {args.max_steps('dpo')} steps or {args.rl_minutes:g} min ...", flush=True)
+    config = DiffusionDPOConfig(**trainer_values(args, "dpo"), beta=args.dpo_beta,
                                 per_device_train_batch_size=args.dpo_pairs_per_step, rpo_alpha=args.rpo_alpha or None,
                                 max_completion_length=demo.gen_length)
-    budget = WallClockBudget(args.rl_minutes * 60 - (time.time() - began), args.rl_max_steps)
+    budget = WallClockBudget(args.rl_minutes * 60 - (time.time() - began), args.max_steps("dpo"))
     trainer = quiet(DiffusionDPOTrainer(model, config, Dataset.from_list(pairs), tokenizer,
                                         callbacks=[budget, PrintEvery("dpo", "rewards/accuracies")]))
     trainer.train()

@@ -93,6 +93,12 @@ class DiffusionGRPOConfig(ElboOptions, TrainingArguments):
         default=None, metadata={"help": "The format reward also needs at most this many characters."}
     )
     p_mask_prompt: float = field(default=0.3, metadata={"help": "diffu_grpo: probability of masking a prompt token."})
+    loss_tokens: str = field(
+        default="canvas", metadata={"help": "diffu_grpo: the token losses averaged: 'canvas' (each completion's whole "
+                                    "EOS-padded canvas, then the completions) or 'first_eos' (d1: the tokens up to "
+                                    "and including the first EOS, averaged over the micro-batch).",
+                                    "choices": ["canvas", "first_eos"]}
+    )
     # Rollout sampler: None keeps the checkpoint's saved setting (diffusion_generation_config.json).
     max_completion_length: int | None = field(default=None, metadata={"help": "Answer canvas (the sampler's "
                                                                       "gen_length)."})
@@ -118,6 +124,8 @@ class DiffusionGRPOConfig(ElboOptions, TrainingArguments):
             raise ValueError(f"got {len(self.reward_weights)} reward_weights for {len(self.reward_funcs)} reward_funcs")
         if not 0.0 <= self.p_mask_prompt < 1.0:
             raise ValueError(f"p_mask_prompt must be in [0, 1), got {self.p_mask_prompt}")
+        if self.loss_tokens not in ("canvas", "first_eos"):
+            raise ValueError(f"loss_tokens must be 'canvas' or 'first_eos', got {self.loss_tokens!r}")
 
     def sampler_overrides(self) -> dict[str, Any]:
         """The rollout sampler settings given here (the rest stays as the checkpoint saved it)."""
@@ -152,8 +160,9 @@ class GroupSampler(torch.utils.data.Sampler[int]):
 
 @dataclass
 class Rollouts:
-    """One micro-batch of completions, ready for the loss: ids [B, P] / [B, L] with masks, advantages [B], and per
-    iteration the shared noise and the old policy's / reference's estimates (None where not needed)."""
+    """One micro-batch of completions, ready for the loss: ids [B, P] / [B, L] with masks, advantages [B], the
+    completion tokens the per-token loss counts [B, L], and per iteration the shared noise and the old policy's /
+    reference's estimates (None where not needed)."""
 
     prompt_ids: torch.Tensor
     prompt_mask: torch.Tensor
@@ -163,7 +172,17 @@ class Rollouts:
     noise: list[Any]
     old_logps: list[torch.Tensor | None]
     ref_logps: list[torch.Tensor | None]
+    loss_mask: torch.Tensor | None = None
     iteration: int = 0
+
+
+def through_first_eos(completion_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """1 at every position up to and including each row's first EOS, 0 after it (all 1 without one) [B, L]:
+    the tokens d1's loss counts."""
+    if eos_token_id is None:
+        return torch.ones_like(completion_ids)
+    is_eos = (completion_ids == eos_token_id).long()
+    return ((is_eos.cumsum(dim=1) - is_eos) == 0).long()
 
 
 def keep_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -262,7 +281,10 @@ class DiffusionGRPOTrainer(Trainer):
         completions = [as_completion(p, t) for p, t in zip(prompts, texts)]
         rewards = self._score(prompts, completions, {**columns, "completion_ids": answers})  # [B]
         advantages = group_advantages(rewards, args.num_generations, args.scale_rewards).to(device)
-        rollouts = Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, advantages, [], [], [])
+        loss_mask = (through_first_eos(completion_ids, self.generation_config.eos_token_id)
+                     if args.loss_tokens == "first_eos" else completion_mask)
+        rollouts = Rollouts(prompt_ids, prompt_mask, completion_ids, completion_mask, advantages, [], [], [],
+                            loss_mask)
         self._estimate_fixed_terms(rollouts, policy)
         self._log_rollouts(answers, completion_ids.shape[1], out.forward_passes, rewards)
         return rollouts
@@ -339,11 +361,13 @@ class DiffusionGRPOTrainer(Trainer):
         loss = self._reduce(per, r)
         return (loss, None) if return_outputs else loss
 
-    @staticmethod
-    def _reduce(values: torch.Tensor, r: Rollouts) -> torch.Tensor:
-        """Mean over completions; per-token values are first averaged over each completion's tokens."""
+    def _reduce(self, values: torch.Tensor, r: Rollouts) -> torch.Tensor:
+        """Mean over completions; per-token values [B, L] are first averaged over each completion's tokens
+        (``loss_tokens="canvas"``), or averaged over every counted token of the micro-batch (``"first_eos"``)."""
         if values.dim() == 2:
-            mask = r.completion_mask.to(values.dtype)
+            mask = r.loss_mask.to(values.dtype)
+            if self.args.loss_tokens == "first_eos":
+                return (values * mask).sum() / mask.sum().clamp_min(1)
             values = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
         return values.mean()
 

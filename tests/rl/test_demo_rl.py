@@ -48,7 +48,22 @@ def test_the_schedule_and_estimator_flags_reach_the_trainers(tmp_path, monkeypat
     main([*TINY, "--output_dir", out, "--methods", "diffu_grpo", "dpo", "--no_plot"])
     assert configs["diffu_grpo"].lr_scheduler_type == "linear" and configs["dpo"].lr_scheduler_type == "linear"
     assert configs["diffu_grpo"].p_mask_prompt == 0.0 and configs["diffu_grpo"].scale_rewards is True
+    assert configs["diffu_grpo"].loss_tokens == "canvas"
     main([*TINY, "--output_dir", out, "--methods", "diffu_grpo", "--no_plot", "--rl_lr_scheduler", "cosine",
-          "--p_mask_prompt", "0.3", "--scale_rewards", "False"])
+          "--p_mask_prompt", "0.3", "--scale_rewards", "False", "--loss_tokens", "first_eos"])
     assert configs["diffu_grpo"].lr_scheduler_type == "cosine" and configs["diffu_grpo"].p_mask_prompt == 0.3
-    assert configs["diffu_grpo"].scale_rewards is False
+    assert configs["diffu_grpo"].scale_rewards is False and configs["diffu_grpo"].loss_tokens == "first_eos"
+
+
+def test_each_method_gets_its_own_step_cap_unless_one_is_given(tmp_path, capsys):
+    """By default diffu_grpo's cheaper steps get more of them (the 10 minutes hold 2000), elbo and dpo 1200; the
+    learning-rate schedule and the budget both read the cap; --rl_max_steps sets every method's; 0 is refused."""
+    from dllm.demo.rl import parse, trainer_values
+
+    _, args = parse(["--output_dir", str(tmp_path)])
+    assert {m: trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {
+        "elbo": 1200, "diffu_grpo": 2000, "dpo": 1200}
+    _, args = parse(["--output_dir", str(tmp_path), "--rl_max_steps", "5"])
+    assert {trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {5}
+    assert cli_main(["demo-rl", "--rl_max_steps", "0", "--output_dir", str(tmp_path)]) == 2
+    assert "--rl_max_steps 0" in capsys.readouterr().err

@@ -157,3 +157,47 @@ def test_two_process_ddp_grpo_keeps_groups_whole_and_finishes(checkpoint, tmp_pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "'rewards/format/mean'" in result.stdout and "'kl'" in result.stdout
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_first_eos_loss_counts_tokens_through_the_first_eos_over_the_batch(checkpoint, tmp_path):
+    """d1's normalisation (--loss_tokens first_eos) against a loop: the tokens up to and including the first EOS
+    of each completion, averaged over the micro-batch; 'canvas' averages each whole canvas, then completions."""
+    from dataclasses import replace
+
+    from dllm.rl.grpo import through_first_eos
+
+    trainer = make_trainer(checkpoint, tmp_path, loss_type="diffu_grpo", loss_tokens="first_eos")
+    eos = trainer.generation_config.eos_token_id
+    r = trainer._rollout(ROWS[:2] * 4)
+    assert torch.equal(r.loss_mask, through_first_eos(r.completion_ids, eos))
+    ids = torch.randint(5, 20, r.completion_ids.shape)
+    for row, end in enumerate([0, 1, 2, None, 0, 2, None, 1]):  # where the first EOS is (None: no EOS)
+        if end is not None:
+            ids[row, end:] = eos  # the EOS-padded canvas the sampler leaves
+            ids[row, -1] = eos
+    counted = [[1 if (end is None or j <= end) else 0 for j in range(ids.shape[1])]
+               for end in [0, 1, 2, None, 0, 2, None, 1]]
+    mask = through_first_eos(ids, eos)
+    assert mask.tolist() == counted
+    advantages = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.0, 0.25, -0.5, 2.0])
+    r = replace(r, completion_ids=ids, loss_mask=mask, advantages=advantages)
+    model = trainer.model
+    model.zero_grad()
+    loss = trainer.compute_loss(model, r)
+    loss.backward()
+    got = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logp = trainer._logps(model, r, r.noise[0])  # [B, L]; the ratio is 1, so the loss is -A logp per token
+    total, count = 0.0, 0
+    for i in range(len(advantages)):
+        for j in range(ids.shape[1]):
+            if counted[i][j]:
+                total = total - advantages[i] * torch.exp(logp[i, j] - logp[i, j].detach())
+                count += 1
+    expected = total / count
+    expected.backward()
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(got, model.parameters()))
+    trainer.args.loss_tokens = "canvas"
+    r = replace(r, loss_mask=r.completion_mask)
+    assert torch.allclose(trainer.compute_loss(model, r), -advantages.mean(), atol=1e-6)
