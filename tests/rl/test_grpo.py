@@ -201,3 +201,50 @@ def test_first_eos_loss_counts_tokens_through_the_first_eos_over_the_batch(check
     trainer.args.loss_tokens = "canvas"
     r = replace(r, loss_mask=r.completion_mask)
     assert torch.allclose(trainer.compute_loss(model, r), -advantages.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_type,loss_tokens", [("elbo", "canvas"), ("diffu_grpo", "canvas"),
+                                                   ("diffu_grpo", "first_eos")])
+def test_zero_advantage_completions_are_skipped_without_changing_the_loss_or_its_gradient(
+        checkpoint, tmp_path, loss_type, loss_tokens):
+    """beta 0: completions with advantage 0 are not run through the model; the loss, its gradient and the clip
+    metric equal those of the whole micro-batch (the slow path: every row through the model), also at a second
+    iteration (old log-likelihoods, ratios != 1) and when every advantage is 0."""
+    from dataclasses import replace
+
+    from dllm.core.policy import clipped_policy_loss
+
+    trainer = make_trainer(checkpoint, tmp_path, loss_type=loss_type, loss_tokens=loss_tokens, num_iterations=2,
+                           num_elbo_samples=2)
+    r = trainer._rollout(ROWS[:2] * 4)
+    model = trainer.model
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    for advantages in ([1.0, 0.0, -1.0, 0.0, 0.0, 0.5, 0.0, -0.5], [0.0] * 8):
+        for iteration in (0, 1):
+            x = replace(r, advantages=torch.tensor(advantages), iteration=iteration)
+            model.zero_grad()
+            seen.clear()
+            loss = trainer.compute_loss(model, x)
+            loss.backward()
+            got = [p.grad.clone() for p in model.parameters()]
+            kept = max(1, sum(a != 0 for a in advantages))
+            assert sum(seen) == kept * (2 if loss_type == "elbo" else 1)  # rows x ELBO draws
+            model.zero_grad()
+            logp = trainer._logps(model, x, x.noise[iteration])  # every row
+            old = logp.detach() if iteration == 0 else x.old_logps[iteration]
+            if iteration == 1:
+                x.old_logps[1] = old + 0.3 * torch.randn_like(old)  # ratios away from 1, some clipped
+                old = x.old_logps[1]
+                model.zero_grad()
+                loss = trainer.compute_loss(model, x)
+                loss.backward()
+                got = [p.grad.clone() for p in model.parameters()]
+                model.zero_grad()
+                logp = trainer._logps(model, x, x.noise[iteration])
+            per, _ = clipped_policy_loss(logp, old, x.advantages, 0.2, 0.2)
+            expected = trainer._reduce(per, x)
+            expected.backward()
+            assert torch.allclose(loss, expected, atol=1e-6)
+            assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(got, model.parameters()))
+    hook.remove()
