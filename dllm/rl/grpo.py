@@ -173,7 +173,7 @@ class Rollouts:
     noise: list[Any]
     old_logps: list[torch.Tensor | None]
     ref_logps: list[torch.Tensor | None]
-    loss_mask: torch.Tensor | None = None
+    loss_mask: torch.Tensor
     iteration: int = 0
 
     def rows(self, index: torch.Tensor) -> Rollouts:
