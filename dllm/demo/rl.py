@@ -7,12 +7,13 @@ settings they were chosen against: docs/demos.md, section "dllm demo-rl" (summar
     dllm demo-rl --methods elbo diffu_grpo dpo         # both GRPO estimators and DPO, each from the same SFT model
     dllm demo-rl --help                                # every flag
 
-Steps: train the demo's tiny model (:mod:`dllm.demo.run`: same tasks, tokenizer, model and trainer) for
-``--sft_steps`` steps only, far below the full demo (reused from ``OUTPUT_DIR/sft`` when a run with the same
-settings left it there); measure held-out exact match per task; then for each method, starting from that SFT
-checkpoint, post-train on *training* prompts only (held-out prompts are disjoint by construction) for at most
-``--rl_minutes`` and ``--rl_max_steps`` (by default per method: as many steps as fit in 10 minutes), and measure
-again:
+Steps: train the demo's tiny model (:mod:`dllm.demo.run`: same tasks, tokenizer, model and trainer) until its
+exact match on training-split prompts reaches ``--sft_target`` (50%), at most ``--sft_steps``: far below the
+full demo, and about the same start on every machine, which a fixed step count is not (reused from
+``OUTPUT_DIR/sft`` when a run with the same settings left it there); measure held-out exact match per task; then
+for each method, starting from that SFT checkpoint, post-train on *training* prompts only (held-out prompts are
+disjoint by construction) for ``--rl_minutes`` (or ``--rl_max_steps``, whichever ends first: the learning-rate
+schedule runs on that clock, so it ends with the budget on a fast or a slow machine), and measure again:
 
 * ``elbo`` / ``diffu_grpo``: :class:`~dllm.rl.grpo.DiffusionGRPOTrainer` with the exact-match reward, rollouts by
   the sampler at temperature 1, the two log-likelihood estimators of :mod:`dllm.core.policy` (diffu_grpo with
@@ -54,6 +55,7 @@ from dllm.demo.run import (
     train,
 )
 from dllm.demo.tasks import make_examples
+from dllm.demo.training import BudgetClock
 from dllm.errors import UsageError
 from dllm.options import OptionParser
 from dllm.rl.dpo import DiffusionDPOConfig, DiffusionDPOTrainer
@@ -61,9 +63,9 @@ from dllm.rl.grpo import DiffusionGRPOConfig, DiffusionGRPOTrainer
 from dllm.rl.rewards import exact_match
 
 METHODS = ("elbo", "diffu_grpo", "dpo")
-# Steps per method by default: diffu_grpo's step (one forward) costs about 0.27 s against elbo's 0.43 (two ELBO
-# draws) on one core, so the same 10 minutes hold 2000 of its steps (docs/demos.md, "dllm demo-rl").
-DEFAULT_STEPS = {"elbo": 1200, "diffu_grpo": 2000, "dpo": 1200}
+# Without --rl_max_steps the minutes bind (a step takes 0.1-0.4 s here); Trainer still needs a step count.
+UNCAPPED_STEPS = 1_000_000
+SFT_CHECK_EVERY, SFT_CHECK_PROMPTS = 50, 100  # --sft_target: checked every 50 steps on 100 prompts per task
 
 
 @dataclass
@@ -71,8 +73,14 @@ class RLDemoArguments:
     """The short SFT and the post-training runs (the model and tasks are dllm demo's flags)."""
 
     sft_steps: int = field(
-        default=2500, metadata={"help": "SFT steps before post-training (the full demo: 8000). Short on purpose, "
-                                "yet every task must earn some exact-match reward (README: 2500 gave 45%% held-out)."}
+        default=2500, metadata={"help": "At most this many SFT steps before post-training (the full demo: 8000)."}
+    )
+    sft_target: float = field(
+        default=0.5, metadata={"help": "Stop the SFT once its exact match on training-split prompts (100 per task, "
+                               "none held out) reaches this share, checked every 50 steps; 0: all --sft_steps. A "
+                               "step count alone is no fixed start: the tasks are learnt in a steep phase that "
+                               "floating-point differences shift (2500 steps gave 45%% held-out on one machine, "
+                               "77.5%% on another)."}
     )
     methods: list[str] = field(
         default_factory=lambda: ["elbo"],
@@ -80,18 +88,18 @@ class RLDemoArguments:
     )
     rl_minutes: float = field(default=10.0, metadata={"help": "Wall-clock cap of each post-training run."})
     rl_max_steps: int | None = field(
-        default=None, metadata={"help": "Step cap of each post-training run, over which the learning rate decays "
-                                "(default: per method, what fits in --rl_minutes on a 2-core CPU: "
-                                + ", ".join(f"{m} {n}" for m, n in DEFAULT_STEPS.items()) + "; docs/demos.md)."}
+        default=None, metadata={"help": "Step cap of each post-training run (default: none, --rl_minutes binds). "
+                                "The learning-rate schedule runs on the budget's clock: it ends when the cap or "
+                                "the minutes run out, whichever comes first, on any machine."}
     )
     rl_learning_rate: float = field(
         default=1e-4, metadata={"help": "Peak AdamW learning rate of post-training (docs/demos.md: the rates "
                                 "measured)."}
     )
     rl_lr_scheduler: str = field(
-        default="linear", metadata={"help": "Learning-rate schedule of post-training over --rl_max_steps, after "
-                                    "the warm-up (linear: to 0 at the last step; constant_with_warmup drifted "
-                                    "down late, docs/demos.md).",
+        default="linear", metadata={"help": "Learning-rate schedule of post-training over its budget (the "
+                                    "minutes, or --rl_max_steps if it ends first), after the warm-up (linear: to 0 "
+                                    "at the end; constant_with_warmup drifted down late, docs/demos.md).",
                                     "choices": ["constant_with_warmup", "linear", "cosine"]}
     )
     num_generations: int = field(default=8, metadata={"help": "GRPO: completions per prompt."})
@@ -111,7 +119,11 @@ class RLDemoArguments:
         default="canvas", metadata={"help": "diffu_grpo: the token losses averaged, 'canvas' or d1's 'first_eos'.",
                                     "choices": ["canvas", "first_eos"]}
     )
-    rl_warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up steps of post-training."})
+    rl_warmup_steps: float = field(
+        default=0, metadata={"help": "Linear learning-rate warm-up of post-training: a share of the budget if below "
+                             "1 (0.05: the first 5%% of the minutes or steps), else steps (these need --rl_max_steps: "
+                             "without it the schedule runs on the minutes)."}
+    )
     num_elbo_samples: int = field(default=2, metadata={"help": "ELBO draws per completion (elbo and dpo)."})
     elbo_estimator: str = field(
         default="count", metadata={"help": "'count' (LLaDA: l of the n canvas tokens masked, weight n/l <= n) or "
@@ -136,10 +148,15 @@ class RLDemoArguments:
             raise UsageError(f"--methods {' '.join(unknown)}: choose among {', '.join(METHODS)}")
         if self.rl_max_steps is not None and self.rl_max_steps < 1:
             raise UsageError(f"--rl_max_steps {self.rl_max_steps}: give at least 1 step")
+        if self.rl_warmup_steps >= 1 and self.rl_max_steps is None:
+            raise UsageError(f"--rl_warmup_steps {self.rl_warmup_steps:g}: a warm-up in steps needs --rl_max_steps "
+                             "(without it the schedule runs on --rl_minutes: give a share below 1)")
+        if not 0.0 <= self.sft_target <= 1.0:
+            raise UsageError(f"--sft_target {self.sft_target}: give a share of prompts in [0, 1]")
 
-    def max_steps(self, method: str) -> int:
-        """The step cap of ``method``'s run (``--rl_max_steps``, else its default)."""
-        return self.rl_max_steps or DEFAULT_STEPS[method]
+    def max_steps(self) -> int:
+        """The step cap of every post-training run (``--rl_max_steps``, else one no run reaches in minutes)."""
+        return self.rl_max_steps or UNCAPPED_STEPS
 
 
 @dataclass
@@ -158,23 +175,70 @@ def held_out_score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, d
     return Score(per_task, overall), answers
 
 
-def short_sft(demo_args: DemoArguments, args: RLDemoArguments, demo: DemoTasks, folder: Path) -> None:
-    """Train the demo model for ``sft_steps`` into ``folder`` (kept: a later run with the same settings reuses it)."""
+class StopAtExactMatch(TrainerCallback):
+    """Every ``every`` steps, exact match on ``rows`` (training-split prompts); stops training once it reaches
+    ``target``. The evaluation is paused out of ``budget`` (the learning-rate clock)."""
+
+    def __init__(self, budget: WallClockBudget, rows: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase,
+                 demo: DemoTasks, target: float, every: int, batch_size: int):
+        self.budget, self.rows, self.tokenizer, self.demo = budget, rows, tokenizer, demo
+        self.target, self.every, self.batch_size = target, every, batch_size
+        self.reached: tuple[int, float] | None = None  # (step, exact match) when the target was met
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: PreTrainedModel | None = None,
+                    **kwargs) -> None:
+        if state.global_step % self.every:
+            return
+        began = time.time()
+        answers, _ = evaluate(model, self.tokenizer, self.rows, self.demo.gen_length, self.batch_size)
+        model.train()
+        self.budget.paused += time.time() - began
+        score = sum(a == r["answer"] for a, r in zip(answers, self.rows)) / len(self.rows)
+        if score >= self.target:
+            self.reached = (state.global_step, score)
+            control.should_training_stop = True
+
+
+def short_sft(demo_args: DemoArguments, args: RLDemoArguments, demo: DemoTasks, folder: Path) -> int:
+    """Train the demo model into ``folder`` for ``sft_steps``, or until ``sft_target`` exact match on
+    training-split prompts; kept (a later run with the same settings reuses it). Returns its steps."""
     marker = folder / "demo_rl_sft.json"
     shown_only = ("plot", "threads", "num_eval_per_task", "num_samples_to_show", "eval_batch_size")
-    settings = {"sft_steps": args.sft_steps, "seed": args.seed,
+    settings = {"sft_steps": args.sft_steps, "sft_target": args.sft_target, "seed": args.seed,
                 "demo": {k: v for k, v in asdict(demo_args).items() if k not in shown_only}}
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
-        print(f"reusing the SFT checkpoint in {folder} ({args.sft_steps} steps)", flush=True)
-        return
+    saved = json.loads(marker.read_text()) if marker.is_file() else {}
+    if saved.get("settings") == settings:
+        print(f"reusing the SFT checkpoint in {folder} ({saved['steps']} steps)", flush=True)
+        return saved["steps"]
     tokenizer, model = build_tokenizer_and_model(demo_args)
     train_args = DemoTrainingConfig(output_dir=str(folder), max_steps=args.sft_steps, seed=args.seed,
                                     report_to="none", logging_steps=50)
-    trainer, _ = train(replace(demo_args, eval_every_minutes=0.0), train_args, demo, tokenizer, model)
+    check_rows = training_rows(demo, args, 3, SFT_CHECK_PROMPTS)  # GRPO's prompts: offset 1, DPO's: 2
+    stops: list[StopAtExactMatch] = []
+
+    def stop_at_target(budget: WallClockBudget) -> list[TrainerCallback]:
+        if args.sft_target > 0:
+            stops.append(StopAtExactMatch(budget, check_rows, tokenizer, demo, args.sft_target, SFT_CHECK_EVERY,
+                                          demo_args.eval_batch_size))
+        return stops
+
+    if args.sft_target > 0:
+        print(f"SFT until {100 * args.sft_target:g}% exact match on {len(check_rows)} training prompts (checked "
+              f"every {SFT_CHECK_EVERY} steps), at most {args.sft_steps} steps", flush=True)
+    trainer, _ = train(replace(demo_args, eval_every_minutes=0.0), train_args, demo, tokenizer, model,
+                       more_callbacks=stop_at_target)
+    if stops and stops[0].reached:
+        step, score = stops[0].reached
+        print(f"SFT stopped at step {step}: {100 * score:.1f}% exact match on the training prompts checked",
+              flush=True)
+    elif stops:
+        print(f"SFT did not reach {100 * args.sft_target:g}% in {trainer.state.global_step} steps", flush=True)
     trainer.save_model(str(folder))
     tokenizer.save_pretrained(folder)
     DiffusionGenerationConfig(gen_length=demo.gen_length).save_pretrained(folder)
-    marker.write_text(json.dumps(settings))
+    steps = trainer.state.global_step
+    marker.write_text(json.dumps({"settings": settings, "steps": steps}))
+    return steps
 
 
 class PrintEvery(TrainerCallback):
@@ -194,20 +258,37 @@ class PrintEvery(TrainerCallback):
             self.values = []
 
 
-def training_rows(demo: DemoTasks, args: RLDemoArguments, seed_offset: int) -> list[dict[str, str]]:
-    """``num_train_prompts`` training prompts per task (never a held-out one) with their answers."""
-    return make_examples(demo.tasks, args.num_train_prompts, "train", seed=args.seed + seed_offset)
+def training_rows(demo: DemoTasks, args: RLDemoArguments, seed_offset: int,
+                  per_task: int | None = None) -> list[dict[str, str]]:
+    """``per_task`` (default ``num_train_prompts``) training prompts per task (never a held-out one) with their
+    answers; each use has its own ``seed_offset``."""
+    return make_examples(demo.tasks, per_task or args.num_train_prompts, "train", seed=args.seed + seed_offset,
+                         heldout_fraction=demo.heldout_fraction)
+
+
+def limits(args: RLDemoArguments) -> str:
+    """The budget of a post-training run, in words."""
+    minutes = f"{args.rl_minutes:g} min"
+    return f"at most {args.rl_max_steps} steps or {minutes}" if args.rl_max_steps else minutes
 
 
 def trainer_values(args: RLDemoArguments, method: str) -> dict[str, Any]:
-    """The TrainingArguments every post-training run shares (CPU, the learning-rate schedule over the method's
-    step cap, log every step)."""
-    return dict(output_dir=str(Path(args.output_dir) / method), max_steps=args.max_steps(method),
+    """The TrainingArguments every post-training run shares (CPU, the learning-rate schedule, log every
+    step)."""
+    return dict(output_dir=str(Path(args.output_dir) / method), max_steps=args.max_steps(),
                 learning_rate=args.rl_learning_rate,
                 lr_scheduler_type=args.rl_lr_scheduler, warmup_steps=args.rl_warmup_steps, weight_decay=0.0,
                 max_grad_norm=1.0, use_cpu=True, report_to="none",
                 logging_steps=1, save_strategy="no", disable_tqdm=True, seed=args.seed, num_elbo_samples=args.num_elbo_samples,
                 elbo_estimator=args.elbo_estimator)
+
+
+class BudgetClockGRPOTrainer(BudgetClock, DiffusionGRPOTrainer):
+    """GRPO with its learning-rate schedule on the budget's clock (it ends with the minutes or the step cap)."""
+
+
+class BudgetClockDPOTrainer(BudgetClock, DiffusionDPOTrainer):
+    """DPO with its learning-rate schedule on the budget's clock."""
 
 
 def quiet(trainer: Any) -> Any:
@@ -225,12 +306,13 @@ def run_grpo(method: str, args: RLDemoArguments, demo: DemoTasks, sft: Path) -> 
                                  scale_rewards=args.scale_rewards, p_mask_prompt=args.p_mask_prompt,
                                  loss_tokens=args.loss_tokens,
                                  per_device_train_batch_size=args.num_generations * args.prompts_per_step)
-    budget = WallClockBudget(args.rl_minutes * 60, args.max_steps(method))
-    trainer = quiet(DiffusionGRPOTrainer(model, [exact_match], config, Dataset.from_list(training_rows(demo, args, 1)),
-                                         tokenizer, generation_config=DiffusionGenerationConfig(gen_length=demo.gen_length),
-                                         callbacks=[budget, PrintEvery(method, "reward")]))
+    budget = WallClockBudget(args.rl_minutes * 60, args.max_steps())
+    trainer = quiet(BudgetClockGRPOTrainer(
+        model, [exact_match], config, Dataset.from_list(training_rows(demo, args, 1)), tokenizer,
+        generation_config=DiffusionGenerationConfig(gen_length=demo.gen_length), budget=budget,
+        callbacks=[budget, PrintEvery(method, "reward")]))
     print(f"\nGRPO ({method}): {args.prompts_per_step} prompts x {args.num_generations} completions per step, "
-          f"at most {args.max_steps(method)} steps or {args.rl_minutes:g} min ...", flush=True)
+          f"for {limits(args)} ...", flush=True)
     trainer.train()
     return trainer, budget.elapsed()
 
@@ -261,13 +343,13 @@ def run_dpo(args: RLDemoArguments, demo: DemoTasks, sft: Path) -> tuple[Any, flo
     model, tokenizer = AutoModelForMaskedDiffusion.from_pretrained(sft), AutoTokenizer.from_pretrained(sft)
     pairs = preference_pairs(model, tokenizer, demo, args)
     print(f"\nDPO: {len(pairs)} pairs (a wrong sampled answer against the correct one), {args.dpo_pairs_per_step} "
-          f"per step, at most {args.max_steps('dpo')} steps or {args.rl_minutes:g} min ...", flush=True)
+          f"per step, for {limits(args)} ...", flush=True)
     config = DiffusionDPOConfig(**trainer_values(args, "dpo"), beta=args.dpo_beta,
                                 per_device_train_batch_size=args.dpo_pairs_per_step, rpo_alpha=args.rpo_alpha or None,
                                 max_completion_length=demo.gen_length)
-    budget = WallClockBudget(args.rl_minutes * 60 - (time.time() - began), args.max_steps("dpo"))
-    trainer = quiet(DiffusionDPOTrainer(model, config, Dataset.from_list(pairs), tokenizer,
-                                        callbacks=[budget, PrintEvery("dpo", "rewards/accuracies")]))
+    budget = WallClockBudget(args.rl_minutes * 60 - (time.time() - began), args.max_steps())
+    trainer = quiet(BudgetClockDPOTrainer(model, config, Dataset.from_list(pairs), tokenizer, budget=budget,
+                                          callbacks=[budget, PrintEvery("dpo", "rewards/accuracies")]))
     trainer.train()
     return trainer, time.time() - began
 
@@ -330,13 +412,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     demo_args, args = parse(argv)
     out = Path(args.output_dir)
     demo = build_tasks(demo_args, args.seed)
-    short_sft(demo_args, args, demo, out / "sft")
+    sft_steps = short_sft(demo_args, args, demo, out / "sft")
     tokenizer = AutoTokenizer.from_pretrained(out / "sft")
     before, _ = held_out_score(AutoModelForMaskedDiffusion.from_pretrained(out / "sft"), tokenizer, demo,
                                demo_args.eval_batch_size)
     print(f"SFT model, held-out exact match {100 * before.overall:.1f}% ("
           + ", ".join(f"{name} {100 * value:.1f}%" for name, value in before.per_task.items()) + ")", flush=True)
-    table, histories, results = [(f"sft ({args.sft_steps} steps)", before, 0, 0.0)], {}, {}
+    table, histories, results = [(f"sft ({sft_steps} steps)", before, 0, 0.0)], {}, {}
     for method in args.methods:
         trainer, seconds = run_dpo(args, demo, out / "sft") if method == "dpo" else run_grpo(method, args, demo,
                                                                                             out / "sft")

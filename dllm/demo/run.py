@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     SchedulerType,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -367,6 +369,7 @@ class DemoTasks:
     train_mix: list[Task]  # add repeated add_share times
     heldout: list[dict]  # disjoint from every training prompt by prompt hash
     gen_length: int  # the answer canvas, EOS-padded, that training fills and the sampler denoises
+    heldout_fraction: float = 0.1  # the share of each task's prompt space held out (the split of every sampled row)
 
 
 def build_tasks(args: DemoArguments, seed: int) -> DemoTasks:
@@ -376,12 +379,15 @@ def build_tasks(args: DemoArguments, seed: int) -> DemoTasks:
     train_mix = tasks + [task for task in tasks if task.name == "add"] * (args.add_share - 1)
     heldout = make_examples(tasks, args.num_eval_per_task, "test", seed=seed, heldout_fraction=args.heldout_fraction)
     gen_length = max(task.max_answer_length() for task in tasks) + 1
-    return DemoTasks(tasks, train_mix, heldout, gen_length)
+    return DemoTasks(tasks, train_mix, heldout, gen_length, args.heldout_fraction)
 
 
 def train(args: DemoArguments, train_args: DemoTrainingConfig, demo: DemoTasks, tokenizer: PreTrainedTokenizerBase,
-          model: PreTrainedModel) -> tuple[MDLMTrainer, Progress]:
-    """Train with MDLMTrainer + SFTDataCollator, as examples/llama3/sft.py does, within the step and time budget."""
+          model: PreTrainedModel,
+          more_callbacks: Callable[[WallClockBudget], list[TrainerCallback]] | None = None
+          ) -> tuple[MDLMTrainer, Progress]:
+    """Train with MDLMTrainer + SFTDataCollator, as examples/llama3/sft.py does, within the step and time budget
+    (``more_callbacks``: built from the budget, e.g. to pause it while they evaluate)."""
     budget = WallClockBudget(args.train_minutes * 60, train_args.max_steps)
     monitor_set = demo.heldout[: 50 * len(demo.tasks)]
     progress = Progress(budget, lambda m: evaluate(m, tokenizer, monitor_set, demo.gen_length,
@@ -393,7 +399,7 @@ def train(args: DemoArguments, train_args: DemoTrainingConfig, demo: DemoTasks, 
                                  args.heldout_fraction),
         # Rows arrive tokenized with their EOS canvas; the collator right-pads them (attention 0, no loss).
         data_collator=SFTDataCollator(tokenizer),
-        callbacks=[budget, progress],
+        callbacks=[budget, progress, *(more_callbacks(budget) if more_callbacks else [])],
     )
     for callback in (PrinterCallback, ProgressCallback):  # the demo prints its own progress lines
         trainer.remove_callback(callback)

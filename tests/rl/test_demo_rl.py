@@ -33,12 +33,12 @@ def test_an_unknown_method_is_one_line(tmp_path, capsys):
 
 
 def test_the_schedule_and_estimator_flags_reach_the_trainers(tmp_path, monkeypatch):
-    """Defaults: the learning rate decays linearly to 0 over --rl_max_steps, diffu_grpo keeps the prompt clean
+    """Defaults: the learning rate decays linearly to 0 over the budget, diffu_grpo keeps the prompt clean
     (README: masking it lowered held-out exact match); each flag is passed through."""
     import dllm.demo.rl as demo_rl
 
     configs = {}
-    for name in ("DiffusionGRPOTrainer", "DiffusionDPOTrainer"):
+    for name in ("BudgetClockGRPOTrainer", "BudgetClockDPOTrainer"):
         def capture(*args, _cls=getattr(demo_rl, name), **kwargs):
             trainer = _cls(*args, **kwargs)
             configs[trainer.args.output_dir.rsplit("/", 1)[-1]] = trainer.args
@@ -55,15 +55,76 @@ def test_the_schedule_and_estimator_flags_reach_the_trainers(tmp_path, monkeypat
     assert configs["diffu_grpo"].scale_rewards is False and configs["diffu_grpo"].loss_tokens == "first_eos"
 
 
-def test_each_method_gets_its_own_step_cap_unless_one_is_given(tmp_path, capsys):
-    """By default diffu_grpo's cheaper steps get more of them (the 10 minutes hold 2000), elbo and dpo 1200; the
-    learning-rate schedule and the budget both read the cap; --rl_max_steps sets every method's; 0 is refused."""
-    from dllm.demo.rl import parse, trainer_values
+def test_without_a_step_cap_the_minutes_bind_and_the_schedule_ends_with_them(tmp_path, monkeypatch, capsys):
+    """By default no step cap: the run stops at --rl_minutes and the linear schedule, on the budget's clock,
+    has decayed to about 0 by then (on Trainer's step clock over the uncapped steps it would still be at the
+    peak); --rl_max_steps caps every method; 0, a warm-up in steps without a cap and a target above 1 are
+    refused in one line."""
+    from dllm.demo.rl import UNCAPPED_STEPS, parse, trainer_values
 
     _, args = parse(["--output_dir", str(tmp_path)])
-    assert {m: trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {
-        "elbo": 1200, "diffu_grpo": 2000, "dpo": 1200}
+    assert {trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {UNCAPPED_STEPS}
     _, args = parse(["--output_dir", str(tmp_path), "--rl_max_steps", "5"])
     assert {trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {5}
-    assert cli_main(["demo-rl", "--rl_max_steps", "0", "--output_dir", str(tmp_path)]) == 2
-    assert "--rl_max_steps 0" in capsys.readouterr().err
+    import dllm.demo.rl as demo_rl
+
+    trainers = []
+
+    def capture(*args, _cls=demo_rl.BudgetClockGRPOTrainer, **kwargs):
+        trainers.append(_cls(*args, **kwargs))
+        return trainers[-1]
+
+    monkeypatch.setattr(demo_rl, "BudgetClockGRPOTrainer", capture)
+    uncapped = [a for i, a in enumerate(TINY) if "--rl_max_steps" not in TINY[max(i - 1, 0):i + 1]]
+    results = main([*uncapped, "--output_dir", str(tmp_path / "run"), "--methods", "elbo", "--no_plot",
+                    "--rl_minutes", "0.05"])
+    assert 2 <= results["elbo"]["steps"] < UNCAPPED_STEPS and results["elbo"]["seconds"] < 10
+    rates = [h["learning_rate"] for h in trainers[0].state.log_history if "learning_rate" in h]
+    assert rates[0] > 0.5e-4 and rates[-1] < 0.2e-4
+    for flags, said in ((["--rl_max_steps", "0"], "--rl_max_steps 0"),
+                        (["--rl_warmup_steps", "10"], "--rl_warmup_steps 10"),
+                        (["--sft_target", "1.5"], "--sft_target 1.5")):
+        assert cli_main(["demo-rl", *flags, "--output_dir", str(tmp_path)]) == 2
+        assert said in capsys.readouterr().err
+
+
+def test_the_short_sft_stops_at_its_target_on_training_prompts(tmp_path, monkeypatch, capsys):
+    """--sft_target: checked every SFT_CHECK_EVERY steps on training-split prompts only (none held out); the SFT
+    stops at the first check that reaches it, and the checkpoint's step count is kept for a later run."""
+    import dllm.demo.rl as demo_rl
+    from dllm.tasks import is_heldout
+
+    checks, real = [], demo_rl.evaluate
+    monkeypatch.setattr(demo_rl, "SFT_CHECK_EVERY", 2)
+
+    def evaluate(model, tokenizer, rows, gen_length, batch_size):
+        if len(rows) != 3 * demo_rl.SFT_CHECK_PROMPTS:
+            return real(model, tokenizer, rows, gen_length, batch_size)
+        checks.append(rows)  # an oracle from the third check on (step 6)
+        answers = [r["answer"] if len(checks) >= 3 else "" for r in rows]
+        return answers, {}
+
+    monkeypatch.setattr(demo_rl, "evaluate", evaluate)
+    out = tmp_path / "demo-rl"
+    args = [a if a != "3" or TINY[i - 1] != "--sft_steps" else "20" for i, a in enumerate(TINY)]
+    main([*args, "--output_dir", str(out), "--methods", "elbo", "--no_plot", "--sft_target", "0.9"])
+    text = capsys.readouterr().out
+    assert len(checks) == 3 and "SFT stopped at step 6: 100.0%" in text and "sft (6 steps)" in text
+    tasks = {task.name: task for task in demo_rl.build_tasks(demo_rl.parse(args)[0], 42).tasks}
+    assert not any(is_heldout(tasks[r["task"]].split_key(r), 0.1) for r in checks[0])
+    main([*args, "--output_dir", str(out), "--methods", "elbo", "--no_plot", "--sft_target", "0.9"])
+    assert "reusing the SFT checkpoint" in (text := capsys.readouterr().out) and "sft (6 steps)" in text
+
+
+def test_post_training_and_the_sft_check_draw_outside_the_heldout_fraction_given():
+    """--heldout_fraction 0.3: no training prompt of post-training (or of the SFT check) is in the held-out 30%
+    (a split at the default 10% would hand it prompts from the 10-30% band)."""
+    from dllm.demo.rl import build_tasks, parse, training_rows
+    from dllm.tasks import is_heldout
+
+    demo_args, args = parse(["--heldout_fraction", "0.3", "--num_train_prompts", "200"])
+    demo = build_tasks(demo_args, args.seed)
+    tasks = {task.name: task for task in demo.tasks}
+    for offset in (1, 2, 3):
+        rows = training_rows(demo, args, offset)
+        assert len(rows) == 600 and not any(is_heldout(tasks[r["task"]].split_key(r), 0.3) for r in rows)
