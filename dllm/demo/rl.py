@@ -214,19 +214,18 @@ def short_sft(demo_args: DemoArguments, args: RLDemoArguments, demo: DemoTasks, 
     train_args = DemoTrainingConfig(output_dir=str(folder), max_steps=args.sft_steps, seed=args.seed,
                                     report_to="none", logging_steps=50)
     check_rows = training_rows(demo, args, 3, SFT_CHECK_PROMPTS)  # GRPO's prompts: offset 1, DPO's: 2
-    stops: list[StopAtExactMatch] = []
+    stops: list[StopAtExactMatch] = []  # built by train() around its budget, which the checks pause
 
     def stop_at_target(budget: WallClockBudget) -> list[TrainerCallback]:
-        if args.sft_target > 0:
-            stops.append(StopAtExactMatch(budget, check_rows, tokenizer, demo, args.sft_target, SFT_CHECK_EVERY,
-                                          demo_args.eval_batch_size))
+        stops.append(StopAtExactMatch(budget, check_rows, tokenizer, demo, args.sft_target, SFT_CHECK_EVERY,
+                                      demo_args.eval_batch_size))
         return stops
 
     if args.sft_target > 0:
         print(f"SFT until {100 * args.sft_target:g}% exact match on {len(check_rows)} training prompts (checked "
               f"every {SFT_CHECK_EVERY} steps), at most {args.sft_steps} steps", flush=True)
     trainer, _ = train(replace(demo_args, eval_every_minutes=0.0), train_args, demo, tokenizer, model,
-                       more_callbacks=stop_at_target)
+                       more_callbacks=stop_at_target if args.sft_target > 0 else None)
     if stops and stops[0].reached:
         step, score = stops[0].reached
         print(f"SFT stopped at step {step}: {100 * score:.1f}% exact match on the training prompts checked",

@@ -10,9 +10,10 @@ import pytest
 from dllm.cli import main as cli_main
 from dllm.demo.rl import main
 
-TINY = ["--hidden_size", "16", "--num_hidden_layers", "1", "--intermediate_size", "32", "--num_eval_per_task", "4",
-        "--sft_steps", "3", "--rl_max_steps", "2", "--num_train_prompts", "8", "--prompts_per_step", "2",
-        "--num_generations", "2", "--dpo_pairs_per_step", "2", "--num_elbo_samples", "1"]
+UNCAPPED = ["--hidden_size", "16", "--num_hidden_layers", "1", "--intermediate_size", "32", "--num_eval_per_task",
+            "4", "--sft_steps", "3", "--num_train_prompts", "8", "--prompts_per_step", "2", "--num_generations", "2",
+            "--dpo_pairs_per_step", "2", "--num_elbo_samples", "1"]
+TINY = [*UNCAPPED, "--rl_max_steps", "2"]
 
 
 def test_demo_rl_runs_every_method_and_ends_with_the_headline(tmp_path, capsys):
@@ -60,14 +61,13 @@ def test_without_a_step_cap_the_minutes_bind_and_the_schedule_ends_with_them(tmp
     has decayed to about 0 by then (on Trainer's step clock over the uncapped steps it would still be at the
     peak); --rl_max_steps caps every method; 0, a warm-up in steps without a cap and a target above 1 are
     refused in one line."""
+    import dllm.demo.rl as demo_rl
     from dllm.demo.rl import UNCAPPED_STEPS, parse, trainer_values
 
     _, args = parse(["--output_dir", str(tmp_path)])
     assert {trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {UNCAPPED_STEPS}
     _, args = parse(["--output_dir", str(tmp_path), "--rl_max_steps", "5"])
     assert {trainer_values(args, m)["max_steps"] for m in ("elbo", "diffu_grpo", "dpo")} == {5}
-    import dllm.demo.rl as demo_rl
-
     trainers = []
 
     def capture(*args, _cls=demo_rl.BudgetClockGRPOTrainer, **kwargs):
@@ -75,8 +75,7 @@ def test_without_a_step_cap_the_minutes_bind_and_the_schedule_ends_with_them(tmp
         return trainers[-1]
 
     monkeypatch.setattr(demo_rl, "BudgetClockGRPOTrainer", capture)
-    uncapped = [a for i, a in enumerate(TINY) if "--rl_max_steps" not in TINY[max(i - 1, 0):i + 1]]
-    results = main([*uncapped, "--output_dir", str(tmp_path / "run"), "--methods", "elbo", "--no_plot",
+    results = main([*UNCAPPED, "--output_dir", str(tmp_path / "run"), "--methods", "elbo", "--no_plot",
                     "--rl_minutes", "0.05"])
     assert 2 <= results["elbo"]["steps"] < UNCAPPED_STEPS and results["elbo"]["seconds"] < 10
     rates = [h["learning_rate"] for h in trainers[0].state.log_history if "learning_rate" in h]
@@ -106,7 +105,7 @@ def test_the_short_sft_stops_at_its_target_on_training_prompts(tmp_path, monkeyp
 
     monkeypatch.setattr(demo_rl, "evaluate", evaluate)
     out = tmp_path / "demo-rl"
-    args = [a if a != "3" or TINY[i - 1] != "--sft_steps" else "20" for i, a in enumerate(TINY)]
+    args = [*TINY, "--sft_steps", "20"]  # the last value of a flag wins
     main([*args, "--output_dir", str(out), "--methods", "elbo", "--no_plot", "--sft_target", "0.9"])
     text = capsys.readouterr().out
     assert len(checks) == 3 and "SFT stopped at step 6: 100.0%" in text and "sft (6 steps)" in text
